@@ -1,0 +1,98 @@
+import cors from 'cors';
+import express, { type Express } from 'express';
+import helmet from 'helmet';
+import type { Logger } from 'pino';
+import { createCallerAuthenticator } from './auth/authenticate-caller';
+import type { Config, FaceIdCredentials } from './config/load-config';
+import { FaceIdClient } from './faceid/faceid-client';
+import { createMemoryIdempotencyStore } from './idempotency/memory-idempotency-store';
+import { createRedisIdempotencyStore } from './idempotency/redis-idempotency-store';
+import { createResilientIdempotencyStore } from './idempotency/resilient-idempotency-store';
+import { connectSharedStore, type SharedStore } from './limits/shared-store';
+import { createUpstreamBudget } from './limits/upstream-budget';
+import { createUpstreamGate } from './limits/upstream-gate';
+import { createUserRateLimiter } from './limits/user-rate-limiter';
+import { errorHandler, notFound } from './middleware/error-handler';
+import { requestId } from './middleware/request-id';
+import { requestLogging } from './middleware/request-logging';
+import { createMetrics, measureRequests, type Metrics } from './observability/metrics';
+import { bizTokenRoutes } from './routes/biz-tokens';
+import { opsRoutes, type Readiness } from './routes/ops';
+import type { IssueBizTokenDeps } from './use-cases/issue-biz-token';
+
+/** Everything the app needs, built once at start-up; `close` releases what holds sockets. */
+export interface Service {
+  app: Express;
+  metrics: Metrics;
+  shared: SharedStore;
+  /** Marks the service as shutting down: /readyz turns 503. */
+  beginShutdown: () => void;
+  close: () => Promise<void>;
+}
+
+/** How long a second request with the same Idempotency-Key waits for the first one, beyond FaceID's own bound. */
+const IDEMPOTENCY_WAIT_MARGIN_MS = 2_000;
+
+/** Builds the Express app and its collaborators; it never listens (server.ts does). */
+export function createService(config: Config, credentials: FaceIdCredentials, logger: Logger): Service {
+  const client = new FaceIdClient({
+    baseUrl: config.faceid.baseUrl,
+    credentials,
+    timeoutMs: config.faceid.timeoutMs,
+    maxRetries: config.faceid.maxRetries,
+    maxSockets: config.faceid.maxConcurrency,
+  });
+  const shared = connectSharedStore(config.redis, logger);
+  const gate = createUpstreamGate(config.faceid.maxConcurrency, config.faceid.queueTimeoutMs);
+  const metrics = createMetrics(gate);
+  const local = createMemoryIdempotencyStore();
+  const useCase: IssueBizTokenDeps = {
+    faceid: client,
+    idempotency:
+      shared.redis === undefined
+        ? local
+        : createResilientIdempotencyStore(createRedisIdempotencyStore(shared.redis), local, () => shared.state() === 'ready'),
+    budget: createUpstreamBudget(config.faceid.dailyBudget, shared),
+    gate,
+    policy: config.policy,
+    authMode: config.auth.mode,
+    idempotencyWaitMs: config.faceid.timeoutMs + config.faceid.queueTimeoutMs + IDEMPOTENCY_WAIT_MARGIN_MS,
+  };
+  let shuttingDown = false;
+  const readiness: Readiness = () => ({ shuttingDown, redis: shared.state() });
+
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', config.trustProxy);
+  app.use(requestId);
+  app.use(requestLogging(logger));
+  app.use(measureRequests(metrics));
+  app.use(helmet());
+  app.use(cors({ origin: config.corsOrigins.length > 0 ? config.corsOrigins : false, exposedHeaders: EXPOSED_HEADERS }));
+  app.use(
+    bizTokenRoutes({
+      authenticateCaller: createCallerAuthenticator(config.auth, logger),
+      rateLimiter: createUserRateLimiter(config.rateLimit, shared),
+      metrics,
+      useCase,
+    }),
+  );
+  app.use(opsRoutes({ readiness, metrics: config.metricsPort === undefined ? metrics : undefined, docsEnabled: config.docsEnabled }));
+  app.use(notFound);
+  app.use(errorHandler);
+
+  return {
+    app,
+    metrics,
+    shared,
+    beginShutdown: () => {
+      shuttingDown = true;
+    },
+    close: async () => {
+      client.close();
+      await shared.close();
+    },
+  };
+}
+
+const EXPOSED_HEADERS = ['X-Request-Id', 'RateLimit', 'RateLimit-Policy', 'Retry-After', 'Idempotent-Replayed'];

@@ -1,0 +1,111 @@
+import { createHmac, createPublicKey, type KeyObject } from 'node:crypto';
+import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTVerifyGetKey } from 'jose';
+import type { Logger } from 'pino';
+import type { Config } from '../config/load-config';
+import { ConfigError } from '../config/load-config';
+import { AppError } from '../errors/app-error';
+
+/** Who is asking, as the rest of the service may know it: never the raw user id or IP. */
+export interface Caller {
+  /** Pseudonymous and stable: HMAC of the JWT `sub` (or of the IP under AUTH_MODE=none). Keys limits and logs. */
+  id: string;
+  /** The `uuid` sent to FaceID for comparison_type 0; undefined when the client sends its own. */
+  uuid: string | undefined;
+}
+
+export type AuthenticateCaller = (authorization: string | undefined, clientIp: string) => Promise<Caller>;
+
+const ASYMMETRIC_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'];
+
+/** Caps on fetching the JWKS, so a slow identity provider cannot hold requests for long. */
+const JWKS_OPTIONS = { timeoutDuration: 3_000, cooldownDuration: 30_000, cacheMaxAge: 10 * 60_000 };
+
+/** Builds the caller check once at start-up; a bad key fails the start, not the first request. */
+export function createCallerAuthenticator(auth: Config['auth'], log: Logger): AuthenticateCaller {
+  const pseudonym = (value: string): string => createHmac('sha256', auth.uuidSalt).update(value).digest('hex');
+
+  if (auth.mode === 'none') {
+    return async (_authorization, clientIp) => ({ id: pseudonym(`ip:${clientIp}`), uuid: undefined });
+  }
+
+  const { key, algorithms } = verificationKey(auth);
+  const unauthenticated = (detail: string): AppError => new AppError(401, 'UNAUTHENTICATED', detail);
+
+  return async (authorization) => {
+    const token = /^Bearer ([A-Za-z0-9_\-.]+)$/.exec(authorization ?? '')?.[1];
+    if (token === undefined) throw unauthenticated('send a JWT as `Authorization: Bearer <token>`');
+    try {
+      const { payload } = await (typeof key === 'function'
+        ? jwtVerify(token, key, verifyOptions(auth, algorithms))
+        : jwtVerify(token, key, verifyOptions(auth, algorithms)));
+      if (typeof payload.sub !== 'string' || payload.sub.length === 0) throw unauthenticated('the token has no subject');
+      const id = pseudonym(`sub:${payload.sub}`);
+      return { id, uuid: id };
+    } catch (error) {
+      if (error instanceof AppError) throw error;
+      const reason = rejectionReason(error);
+      if (reason === 'the signing keys could not be fetched') log.warn({ err: errorCode(error) }, 'JWKS unreachable');
+      throw unauthenticated(reason);
+    }
+  };
+}
+
+function verifyOptions(auth: Config['auth'], algorithms: string[]) {
+  return {
+    algorithms,
+    issuer: auth.issuer,
+    audience: auth.audience,
+    clockTolerance: auth.clockToleranceSeconds,
+    requiredClaims: ['sub', 'exp'],
+  };
+}
+
+function verificationKey(auth: Config['auth']): { key: Uint8Array | KeyObject | JWTVerifyGetKey; algorithms: string[] } {
+  if (auth.jwtSecret !== undefined) return { key: new TextEncoder().encode(auth.jwtSecret), algorithms: ['HS256'] };
+  if (auth.jwksUrl !== undefined) {
+    return { key: createRemoteJWKSet(new URL(auth.jwksUrl), JWKS_OPTIONS), algorithms: ASYMMETRIC_ALGORITHMS };
+  }
+  if (auth.publicKeyPem !== undefined) {
+    let key: KeyObject;
+    try {
+      key = createPublicKey(auth.publicKeyPem);
+    } catch {
+      throw new ConfigError(['AUTH_JWT_PUBLIC_KEY: not a PEM public key']);
+    }
+    return { key, algorithms: algorithmsFor(key) };
+  }
+  throw new ConfigError(['AUTH_MODE: `jwt` needs a key source']);
+}
+
+/** Only the algorithms of the key's own family: a key never verifies a token of another kind. */
+function algorithmsFor(key: KeyObject): string[] {
+  switch (key.asymmetricKeyType) {
+    case 'rsa':
+      return ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'];
+    case 'rsa-pss':
+      return ['PS256', 'PS384', 'PS512'];
+    case 'ec': {
+      const curve = key.asymmetricKeyDetails?.namedCurve;
+      return curve === 'prime256v1' ? ['ES256'] : curve === 'secp384r1' ? ['ES384'] : ['ES512'];
+    }
+    case 'ed25519':
+      return ['EdDSA', 'Ed25519'];
+    default:
+      throw new ConfigError([`AUTH_JWT_PUBLIC_KEY: unsupported key type ${key.asymmetricKeyType ?? 'unknown'}`]);
+  }
+}
+
+function rejectionReason(error: unknown): string {
+  if (error instanceof joseErrors.JWTExpired) return 'the token has expired';
+  if (error instanceof joseErrors.JWTClaimValidationFailed) return `the token's ${error.claim} claim is not accepted`;
+  if (error instanceof joseErrors.JOSEAlgNotAllowed) return 'the token\'s algorithm is not accepted';
+  if (error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JWKSInvalid) return 'the signing keys could not be fetched';
+  if (error instanceof joseErrors.JWKSNoMatchingKey) return 'no signing key matches the token';
+  if (error instanceof joseErrors.JWSSignatureVerificationFailed) return 'the token\'s signature is not valid';
+  if (errorCode(error) === 'ECONNREFUSED' || error instanceof TypeError) return 'the signing keys could not be fetched';
+  return 'the token is not a valid JWT';
+}
+
+function errorCode(error: unknown): string {
+  return (error as { code?: string } | undefined)?.code ?? (error instanceof Error ? error.name : 'unknown');
+}

@@ -1,0 +1,47 @@
+import { randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import type { ClaimResult, IdempotencyStore, StoredAnswer } from './idempotency-store';
+
+interface Record {
+  fingerprint: string;
+  owner?: string;
+  answer?: StoredAnswer;
+}
+
+/**
+ * Completes or releases only while the caller still owns the pending record: a claim that outlived its TTL
+ * and was taken over must not overwrite or delete the newer owner's record.
+ */
+const OWNED_REPLACE = `
+local current = redis.call('get', KEYS[1])
+if current and cjson.decode(current).owner ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('del', KEYS[1]) else redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1`;
+
+const KEY_PREFIX = 'idem:';
+
+/** Records shared by every instance; SET NX makes two concurrent claims of one key resolve to one owner. */
+export function createRedisIdempotencyStore(redis: Redis): IdempotencyStore {
+  const replaceIfOwner = (key: string, owner: string, value: string, ttlMs: number): Promise<unknown> =>
+    redis.eval(OWNED_REPLACE, 1, KEY_PREFIX + key, owner, value, String(Math.max(1, Math.round(ttlMs))));
+
+  return {
+    async claim(key, fingerprint, pendingTtlMs): Promise<ClaimResult> {
+      const owner = randomUUID();
+      const created = await redis.set(KEY_PREFIX + key, JSON.stringify({ fingerprint, owner }), 'PX', pendingTtlMs, 'NX');
+      if (created === 'OK') return { kind: 'claimed', owner };
+      const text = await redis.get(KEY_PREFIX + key);
+      // Expired between the two commands: nobody holds it now, so it is free to claim again.
+      if (text === null) return { kind: 'in-progress' };
+      const record = JSON.parse(text) as Record;
+      if (record.fingerprint !== fingerprint) return { kind: 'mismatch' };
+      return record.answer === undefined ? { kind: 'in-progress' } : { kind: 'replay', answer: record.answer };
+    },
+    async complete(key, owner, fingerprint, answer, ttlMs) {
+      await replaceIfOwner(key, owner, JSON.stringify({ fingerprint, answer }), ttlMs);
+    },
+    async release(key, owner) {
+      await replaceIfOwner(key, owner, '', 0);
+    },
+  };
+}

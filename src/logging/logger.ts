@@ -1,0 +1,51 @@
+import pino, { type DestinationStream, type Logger } from 'pino';
+
+/**
+ * The service's logger. Request and response objects are never logged whole (see the pino-http
+ * serializers in middleware/request-logging.ts); this redaction is the second line of defence for anything
+ * that still carries a secret under a well-known name.
+ */
+export const REDACTED_PATHS = [
+  'apiSecret',
+  '*.apiSecret',
+  'sign',
+  '*.sign',
+  'authorization',
+  '*.authorization',
+  '*.headers.authorization',
+  'idcard_number',
+  '*.idcard_number',
+  'idcard_name',
+  '*.idcard_name',
+  'credentials',
+  '*.credentials',
+];
+
+export function createLogger(level: string, destination?: DestinationStream): Logger {
+  return pino(
+    {
+      level,
+      base: { service: 'faceid-token-service' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
+      serializers: { err: serializeError },
+    },
+    destination,
+  );
+}
+
+/**
+ * Library errors can carry whole requests: an axios error holds the request body (with the sign and the
+ * photos) and headers. Only the facts that help an operator survive.
+ */
+export function serializeError(error: unknown): Record<string, unknown> {
+  if (!(error instanceof Error)) return { message: typeof error === 'string' ? error : 'non-error thrown' };
+  const { code, status } = error as Error & { code?: unknown; status?: unknown };
+  return {
+    type: error.name,
+    message: error.message.slice(0, 300),
+    ...(typeof code === 'string' || typeof code === 'number' ? { code } : {}),
+    ...(typeof status === 'number' ? { status } : {}),
+    ...(error.stack === undefined ? {} : { stack: error.stack.split('\n').slice(0, 8).join('\n') }),
+  };
+}

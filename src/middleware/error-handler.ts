@@ -1,0 +1,48 @@
+import { STATUS_CODES } from 'node:http';
+import type { ErrorRequestHandler, RequestHandler } from 'express';
+import { AppError } from '../errors/app-error';
+
+/**
+ * The one place errors become answers: RFC 9457 problem+json. A 5xx never shows its cause to the caller;
+ * the log line (written by the request logger from `res.locals.error`) keeps it.
+ */
+export const errorHandler: ErrorRequestHandler = (error: unknown, _req, res, next) => {
+  if (res.headersSent) {
+    next(error);
+    return;
+  }
+  const appError = toAppError(error);
+  res.locals.error = appError;
+  if (appError.retryAfterSeconds !== undefined) res.setHeader('Retry-After', String(appError.retryAfterSeconds));
+  if (appError.status === 401) res.setHeader('WWW-Authenticate', 'Bearer');
+  res
+    .status(appError.status)
+    .type('application/problem+json')
+    .send(
+      JSON.stringify({
+        type: 'about:blank',
+        title: STATUS_CODES[appError.status] ?? 'Error',
+        status: appError.status,
+        code: appError.code,
+        ...(appError.param === undefined ? {} : { param: appError.param }),
+        detail: appError.message,
+        request_id: res.locals.requestId as string | undefined,
+      }),
+    );
+};
+
+export const notFound: RequestHandler = (req, _res, next) => {
+  next(new AppError(404, 'NOT_FOUND', `no route for ${req.method} ${req.path}`.slice(0, 200)));
+};
+
+function toAppError(error: unknown): AppError {
+  if (error instanceof AppError) return error;
+  // Errors from Express's own body handling carry a 4xx status and are the caller's.
+  const status = (error as { status?: unknown } | undefined)?.status;
+  if (typeof status === 'number' && status >= 400 && status < 500) {
+    return status === 413
+      ? new AppError(413, 'PAYLOAD_TOO_LARGE', 'the request is too large', { cause: error })
+      : new AppError(400, 'BAD_ARGUMENTS', 'the request could not be read', { cause: error });
+  }
+  return new AppError(500, 'INTERNAL_ERROR', 'an internal error occurred; it has been logged', { cause: error });
+}

@@ -1,0 +1,19 @@
+import type { RequestHandler } from 'express';
+import { badArgument } from '../errors/app-error';
+
+/** 1 to 255 printable ASCII characters. @see CONTRACT section 1 */
+const VALID_KEY = /^[\x20-\x7E]{1,255}$/;
+
+/** Reads and checks `Idempotency-Key` before anything is spent on the request. */
+export const idempotencyKey: RequestHandler = (req, res, next) => {
+  const raw = req.headers['idempotency-key'];
+  if (raw === undefined) {
+    next();
+    return;
+  }
+  if (typeof raw !== 'string' || !VALID_KEY.test(raw)) {
+    throw badArgument('Idempotency-Key', 'Idempotency-Key must be 1 to 255 printable ASCII characters');
+  }
+  res.locals.idempotencyKey = raw;
+  next();
+};

@@ -1,0 +1,55 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Request, Response } from 'express';
+import type { Logger } from 'pino';
+import { pinoHttp } from 'pino-http';
+import type { Caller } from '../auth/authenticate-caller';
+import { AppError } from '../errors/app-error';
+import type { IssuedToken } from '../use-cases/issue-biz-token';
+
+/**
+ * One JSON line per request: id, pseudonymous user, route, status, outcome code, latency and the upstream
+ * facts. Requests are described by method and path only: headers carry the JWT and bodies the photos.
+ */
+export function requestLogging(logger: Logger) {
+  return pinoHttp({
+    logger,
+    genReqId: (_req: IncomingMessage, res: ServerResponse) => (res as Response).locals.requestId as string,
+    // Every line logged during a request carries its id; the request itself is described by outcomeOf.
+    quietReqLogger: true,
+    quietResLogger: true,
+    wrapSerializers: false,
+    // Whatever else binds `req` or `res` gets these: never headers (the JWT) or bodies (the photos).
+    serializers: {
+      req: (req: IncomingMessage) => ({ method: req.method, path: (req.url ?? '').split('?')[0]?.slice(0, 200) }),
+      res: (res: ServerResponse) => ({ statusCode: res.statusCode }),
+    },
+    customAttributeKeys: { reqId: 'request_id', responseTime: 'latency_ms' },
+    customLogLevel: (_req, res, error) => (error !== undefined || res.statusCode >= 500 ? 'error' : 'info'),
+    customSuccessMessage: (req, res) => `${req.method} ${routeOf(req as Request)} ${res.statusCode}`,
+    customErrorMessage: (req, res) => `${req.method} ${routeOf(req as Request)} ${res.statusCode}`,
+    customSuccessObject: (req, res, fields: object) => ({ ...fields, ...outcomeOf(req as Request, res as Response) }),
+    customErrorObject: (req, res, _error, fields: object) => ({ ...fields, ...outcomeOf(req as Request, res as Response) }),
+  });
+}
+
+/** The matched route pattern, so paths with ids or junk never become free-form log values. */
+export function routeOf(req: Request): string {
+  const route = (req as Request & { route?: { path?: unknown } }).route;
+  return typeof route?.path === 'string' ? route.path : 'unmatched';
+}
+
+function outcomeOf(req: Request, res: Response): Record<string, unknown> {
+  const caller = res.locals.caller as Caller | undefined;
+  const error = res.locals.error as AppError | undefined;
+  const issued = res.locals.issued as IssuedToken | undefined;
+  const upstream = issued?.upstream ?? (error?.logContext as Record<string, unknown> | undefined);
+  return {
+    method: req.method,
+    route: routeOf(req),
+    user: caller?.id,
+    code: error?.code ?? (res.statusCode < 400 ? 'OK' : undefined),
+    ...(error?.param === undefined ? {} : { param: error.param }),
+    ...(issued?.replayed === true ? { idempotent_replay: true } : {}),
+    ...(upstream === undefined ? {} : { upstream }),
+  };
+}

@@ -1,0 +1,70 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { RequestHandler } from 'express';
+import type { UpstreamGate } from '../limits/upstream-gate';
+import { routeOf } from '../middleware/request-logging';
+
+/** Every label value is bounded: route patterns, status codes and the service's own error codes. */
+export interface Metrics {
+  registry: Registry;
+  httpDuration: Histogram<'route' | 'method' | 'status'>;
+  upstreamDuration: Histogram<'outcome'>;
+  outcomes: Counter<'code'>;
+  rateLimitRejections: Counter;
+  idempotentReplays: Counter;
+  httpInFlight: Gauge;
+}
+
+export function createMetrics(gate: UpstreamGate): Metrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  new Gauge({
+    name: 'faceid_calls_in_flight',
+    help: 'FaceID calls in flight',
+    registers: [registry],
+    collect() {
+      this.set(gate.load().inFlight);
+    },
+  });
+  new Gauge({
+    name: 'faceid_calls_queued',
+    help: 'Token requests waiting for a FaceID slot',
+    registers: [registry],
+    collect() {
+      this.set(gate.load().queued);
+    },
+  });
+  return {
+    registry,
+    httpDuration: new Histogram({
+      name: 'http_request_duration_seconds',
+      help: 'Duration of HTTP requests',
+      labelNames: ['route', 'method', 'status'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry],
+    }),
+    upstreamDuration: new Histogram({
+      name: 'faceid_upstream_duration_seconds',
+      help: 'Duration of FaceID exchanges, retries included',
+      labelNames: ['outcome'],
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20],
+      registers: [registry],
+    }),
+    outcomes: new Counter({ name: 'biz_token_outcomes_total', help: 'Token requests by outcome code', labelNames: ['code'], registers: [registry] }),
+    rateLimitRejections: new Counter({ name: 'rate_limit_rejections_total', help: 'Requests refused by the per-user rate limit', registers: [registry] }),
+    idempotentReplays: new Counter({ name: 'idempotent_replays_total', help: 'Answers replayed for a repeated Idempotency-Key', registers: [registry] }),
+    httpInFlight: new Gauge({ name: 'http_requests_in_flight', help: 'HTTP requests being answered', registers: [registry] }),
+  };
+}
+
+/** Times every request by its route pattern (never the raw path). */
+export function measureRequests(metrics: Metrics): RequestHandler {
+  return (req, res, next) => {
+    const end = metrics.httpDuration.startTimer();
+    metrics.httpInFlight.inc();
+    res.once('close', () => {
+      metrics.httpInFlight.dec();
+      end({ route: routeOf(req), method: req.method.length <= 7 ? req.method : 'OTHER', status: String(res.statusCode) });
+    });
+    next();
+  };
+}

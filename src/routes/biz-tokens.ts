@@ -1,0 +1,69 @@
+import { Router } from 'express';
+import type { Caller } from '../auth/authenticate-caller';
+import { AppError } from '../errors/app-error';
+import type { UserRateLimiter } from '../limits/user-rate-limiter';
+import { authenticate } from '../middleware/authenticate';
+import { idempotencyKey } from '../middleware/idempotency-key';
+import { parseMultipart } from '../middleware/parse-multipart';
+import { rateLimit } from '../middleware/rate-limit';
+import type { AuthenticateCaller } from '../auth/authenticate-caller';
+import type { Metrics } from '../observability/metrics';
+import { issueBizToken, type IssueBizTokenDeps, type IssuedToken } from '../use-cases/issue-biz-token';
+import type { MultipartForm } from '../token-request/multipart-form';
+
+export interface BizTokenRouteDeps {
+  authenticateCaller: AuthenticateCaller;
+  rateLimiter: UserRateLimiter;
+  metrics: Metrics;
+  useCase: IssueBizTokenDeps;
+}
+
+/** `POST /v1/biz-tokens`: who asks, how often, what they sent, then the use case. */
+export function bizTokenRoutes(deps: BizTokenRouteDeps): Router {
+  const router = Router();
+  router.post(
+    '/v1/biz-tokens',
+    (_req, res, next) => {
+      res.once('close', () => recordOutcome(deps.metrics, res.locals, res.statusCode));
+      next();
+    },
+    authenticate(deps.authenticateCaller),
+    idempotencyKey,
+    rateLimit(deps.rateLimiter, deps.metrics),
+    parseMultipart,
+    async (req, res) => {
+      const caller = res.locals.caller as Caller;
+      let issued: IssuedToken;
+      try {
+        issued = await issueBizToken(
+          { caller, form: res.locals.form as MultipartForm, idempotencyKey: res.locals.idempotencyKey as string | undefined },
+          deps.useCase,
+          req.log,
+        );
+      } catch (error) {
+        if (error instanceof AppError && error.logContext?.idempotentReplay === true) await markReplay(res.setHeader.bind(res), deps, caller);
+        throw error;
+      }
+      res.locals.issued = issued;
+      if (issued.replayed) await markReplay(res.setHeader.bind(res), deps, caller);
+      res.status(201).json(issued.body);
+    },
+  );
+  return router;
+}
+
+/** A replay costs no FaceID call, so it gives back the request it took from the caller's window. */
+async function markReplay(setHeader: (name: string, value: string) => unknown, deps: BizTokenRouteDeps, caller: Caller): Promise<void> {
+  setHeader('Idempotent-Replayed', 'true');
+  deps.metrics.idempotentReplays.inc();
+  await deps.rateLimiter.refund(caller.id);
+}
+
+function recordOutcome(metrics: Metrics, locals: Record<string, unknown>, status: number): void {
+  const error = locals.error as AppError | undefined;
+  const code = error?.code ?? (status < 400 ? 'OK' : 'CLIENT_CLOSED');
+  metrics.outcomes.inc({ code });
+  const issued = locals.issued as IssuedToken | undefined;
+  const upstreamMs = issued?.upstream?.upstreamMs ?? error?.logContext?.upstreamMs;
+  if (typeof upstreamMs === 'number') metrics.upstreamDuration.observe({ outcome: code }, upstreamMs / 1000);
+}

@@ -1,0 +1,120 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import express from 'express';
+import type { Logger } from 'pino';
+import { createService } from './app';
+import { ConfigError, loadConfig, type Config } from './config/load-config';
+import { createLogger } from './logging/logger';
+import { metricsHandler } from './routes/ops';
+import { resolveUpstream } from './sandbox/embedded-sandbox';
+
+/**
+ * Explicit limits against slow clients: the headers must arrive within 15 s, the whole request (up to
+ * 20 MB from a phone) within 120 s, and an idle keep-alive socket lives just past common load balancers' 60 s.
+ */
+export const SERVER_TIMEOUTS = { headersTimeoutMs: 15_000, requestTimeoutMs: 120_000, keepAliveTimeoutMs: 65_000 } as const;
+
+export interface RunningServer {
+  port: number;
+  metricsPort: number | undefined;
+  stop: () => Promise<void>;
+}
+
+/** Starts the service: config, upstream (real or sandbox), app, listeners, and the SIGTERM path. */
+export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
+  const upstream = await resolveUpstream(config, log);
+  const service = createService(upstream.config, upstream.credentials, log);
+  const server = applyTimeouts(http.createServer(service.app));
+  await listen(server, config.port);
+  let metricsServer: http.Server | undefined;
+  if (config.metricsPort !== undefined) {
+    const metricsApp = express();
+    metricsApp.disable('x-powered-by');
+    metricsApp.get('/metrics', metricsHandler(service.metrics));
+    metricsServer = applyTimeouts(http.createServer(metricsApp));
+    await listen(metricsServer, config.metricsPort);
+  }
+  const port = (server.address() as AddressInfo).port;
+  log.info({ port, metricsPort: config.metricsPort, config: maskedConfig(upstream.config) }, 'faceid-token-service listening');
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopping ??= (async () => {
+      service.beginShutdown();
+      log.info({ timeoutMs: config.shutdownTimeoutMs }, 'shutting down: finishing in-flight requests');
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      const timer = setTimeout(() => {
+        log.warn('shutdown timeout: closing the connections still open');
+        server.closeAllConnections();
+      }, config.shutdownTimeoutMs);
+      await closed;
+      clearTimeout(timer);
+      metricsServer?.closeAllConnections();
+      await new Promise<void>((resolve) => (metricsServer === undefined ? resolve() : metricsServer.close(() => resolve())));
+      await service.close();
+      await upstream.close();
+      log.info('stopped');
+    })();
+    return stopping;
+  };
+  return { port, metricsPort: metricsServer === undefined ? undefined : (metricsServer.address() as AddressInfo).port, stop };
+}
+
+function applyTimeouts(server: http.Server): http.Server {
+  server.headersTimeout = SERVER_TIMEOUTS.headersTimeoutMs;
+  server.requestTimeout = SERVER_TIMEOUTS.requestTimeoutMs;
+  server.keepAliveTimeout = SERVER_TIMEOUTS.keepAliveTimeoutMs;
+  return server;
+}
+
+function listen(server: http.Server, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+/** The effective configuration for the start-up log line, with every secret replaced by whether it is set. */
+export function maskedConfig(config: Config): Record<string, unknown> {
+  const { credentials, ...faceid } = config.faceid;
+  const { jwtSecret, publicKeyPem, uuidSalt, ...auth } = config.auth;
+  return {
+    ...config,
+    faceid: { ...faceid, apiKey: credentials?.apiKey, apiSecret: credentials === undefined ? 'unset' : 'set' },
+    auth: { ...auth, jwtSecret: jwtSecret === undefined ? 'unset' : 'set', publicKey: publicKeyPem === undefined ? 'unset' : 'set', uuidSalt: 'set' },
+    redis: { ...config.redis, url: config.redis.url?.replace(/\/\/[^@/]*@/, '//***@') },
+  };
+}
+
+async function main(): Promise<void> {
+  let config: Config;
+  const bootLog = createLogger('info');
+  try {
+    config = loadConfig(process.env);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    bootLog.fatal({ problems: error.problems }, 'invalid configuration; not starting');
+    process.exitCode = 1;
+    return;
+  }
+  const log = createLogger(config.logLevel);
+  const running = await startServer(config, log);
+  const onSignal = (signal: NodeJS.Signals): void => {
+    log.info({ signal }, 'signal received');
+    running.stop().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        log.error({ err: error }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+}
+
+if (require.main === module) void main();

@@ -1,0 +1,143 @@
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { Caller } from '../auth/authenticate-caller';
+import type { Config } from '../config/load-config';
+import { AppError, type ErrorCode } from '../errors/app-error';
+import type { UpstreamToken, UpstreamTokenRequest } from '../faceid/faceid-client';
+import type { IdempotencyStore, StoredAnswer } from '../idempotency/idempotency-store';
+import type { UpstreamBudget } from '../limits/upstream-budget';
+import type { UpstreamGate } from '../limits/upstream-gate';
+import type { MultipartForm } from '../token-request/multipart-form';
+import { validateTokenRequest, type TokenRequest } from '../token-request/validate-token-request';
+
+/** A biz_token is single-use and valid for one hour. @see ../shared/seed/App-GetBizToken.md (返回值说明) */
+export const BIZ_TOKEN_LIFETIME_MS = 60 * 60 * 1000;
+const IDEMPOTENCY_POLL_MS = 50;
+
+export interface FaceIdGateway {
+  getBizToken(request: UpstreamTokenRequest, log: Logger): Promise<UpstreamToken>;
+}
+
+export interface IssueBizTokenDeps {
+  faceid: FaceIdGateway;
+  idempotency: IdempotencyStore;
+  budget: UpstreamBudget;
+  gate: UpstreamGate;
+  policy: Config['policy'];
+  authMode: Config['auth']['mode'];
+  /** How long a second request with the same key waits for the first one's answer. */
+  idempotencyWaitMs: number;
+}
+
+export interface IssueBizTokenInput {
+  caller: Caller;
+  form: MultipartForm;
+  idempotencyKey: string | undefined;
+}
+
+export interface IssuedToken {
+  body: { biz_token: string; expires_at: string };
+  replayed: boolean;
+  upstream: Omit<UpstreamToken, 'bizToken'> | undefined;
+}
+
+/**
+ * The story of one token: check the request locally, answer a repeated Idempotency-Key from its record,
+ * spend the operator's budget, wait for an upstream slot, ask FaceID, keep the answer for replays.
+ */
+export async function issueBizToken(input: IssueBizTokenInput, deps: IssueBizTokenDeps, log: Logger): Promise<IssuedToken> {
+  const startedAt = Date.now();
+  const request = validateTokenRequest(input.form, { policy: deps.policy, clientSendsUuid: deps.authMode === 'none' });
+
+  const claim = input.idempotencyKey === undefined ? undefined : await claimKey(input, deps);
+  if (claim?.kind === 'replay') return replay(claim.answer);
+
+  try {
+    await deps.budget.take(log);
+    const upstream = await deps.gate.run(() => deps.faceid.getBizToken(toUpstream(request, input.caller, deps.policy), log));
+    const expiresAt = new Date(startedAt + BIZ_TOKEN_LIFETIME_MS);
+    const body = { biz_token: upstream.bizToken, expires_at: expiresAt.toISOString() };
+    if (claim !== undefined) await deps.idempotency.complete(claim.key, claim.owner, claim.fingerprint, { status: 201, body }, expiresAt.getTime() - Date.now());
+    const { bizToken: _token, ...facts } = upstream;
+    return { body, replayed: false, upstream: facts };
+  } catch (error) {
+    if (claim !== undefined) await settleFailedClaim(claim, error, startedAt, deps);
+    throw error;
+  }
+}
+
+interface HeldClaim {
+  kind: 'claimed';
+  key: string;
+  owner: string;
+  fingerprint: string;
+}
+
+async function claimKey(input: IssueBizTokenInput, deps: IssueBizTokenDeps): Promise<HeldClaim | { kind: 'replay'; answer: StoredAnswer }> {
+  const key = `${input.caller.id}:${createHash('sha256').update(input.idempotencyKey ?? '').digest('hex')}`;
+  const fingerprint = fingerprintOf(input.form);
+  const giveUpAt = Date.now() + deps.idempotencyWaitMs;
+  for (;;) {
+    const result = await deps.idempotency.claim(key, fingerprint, deps.idempotencyWaitMs);
+    switch (result.kind) {
+      case 'claimed':
+        return { kind: 'claimed', key, owner: result.owner, fingerprint };
+      case 'replay':
+        return result;
+      case 'mismatch':
+        throw new AppError(409, 'IDEMPOTENCY_KEY_REUSED', 'this Idempotency-Key was used with a different request body', {
+          param: 'Idempotency-Key',
+        });
+      case 'in-progress':
+        if (Date.now() >= giveUpAt) {
+          throw new AppError(409, 'IDEMPOTENCY_KEY_REUSED', 'a request with this Idempotency-Key is still being answered; retry later', {
+            param: 'Idempotency-Key',
+            retryAfterSeconds: 1,
+          });
+        }
+        await new Promise((resolve) => setTimeout(resolve, IDEMPOTENCY_POLL_MS));
+    }
+  }
+}
+
+/** Client errors are answers too and are replayed; 5xx outcomes are not kept, so a retry can succeed. */
+async function settleFailedClaim(claim: HeldClaim, error: unknown, startedAt: number, deps: IssueBizTokenDeps): Promise<void> {
+  if (error instanceof AppError && error.status < 500) {
+    const body = { code: error.code, detail: error.message, ...(error.param === undefined ? {} : { param: error.param }) };
+    await deps.idempotency.complete(claim.key, claim.owner, claim.fingerprint, { status: error.status, body }, startedAt + BIZ_TOKEN_LIFETIME_MS - Date.now());
+  } else {
+    await deps.idempotency.release(claim.key, claim.owner);
+  }
+}
+
+function replay(answer: StoredAnswer): IssuedToken {
+  if (answer.status === 201) {
+    return { body: answer.body as IssuedToken['body'], replayed: true, upstream: undefined };
+  }
+  const { code, detail, param } = answer.body as { code: ErrorCode; detail: string; param?: string };
+  throw new AppError(answer.status, code, detail, { param, logContext: { idempotentReplay: true } });
+}
+
+/** Same fields and the same file bytes make the same request, whatever the order of the parts. */
+function fingerprintOf(form: MultipartForm): string {
+  const hash = createHash('sha256');
+  for (const [name, values] of [...form.fields].sort(([a], [b]) => a.localeCompare(b))) {
+    hash.update(`f:${name}:${values.length}\n`);
+    for (const value of values) hash.update(`${Buffer.byteLength(value)}:`).update(value);
+  }
+  for (const [name, files] of [...form.files].sort(([a], [b]) => a.localeCompare(b))) {
+    hash.update(`b:${name}:${files.length}\n`);
+    for (const bytes of files) hash.update(createHash('sha256').update(bytes).digest());
+  }
+  return hash.digest('hex');
+}
+
+function toUpstream(request: TokenRequest, caller: Caller, policy: Config['policy']): UpstreamTokenRequest {
+  const serviceFields: Array<[string, string]> = [
+    ['security_level', policy.securityLevel],
+    ['force_compare', policy.forceCompare],
+  ];
+  // The seed asks for uuid with comparison_type 0 only. @see ../shared/seed/App-GetBizToken.md (uuid)
+  if (request.comparisonType === '0' && caller.uuid !== undefined) serviceFields.push(['uuid', caller.uuid]);
+  return { clientFields: request.fields, serviceFields, images: request.images };
+}
