@@ -8,5 +8,6 @@ module.exports = {
     '^.+\\.[tj]s$': ['ts-jest', { tsconfig: { allowJs: true, module: 'commonjs', esModuleInterop: true, isolatedModules: true } }],
   },
   transformIgnorePatterns: ['/node_modules/(?!jose/)'],
+  globalSetup: '<rootDir>/tests/global-setup.js',
   testTimeout: 20000,
 };

@@ -16,6 +16,7 @@ import { errorHandler, notFound } from './middleware/error-handler';
 import { requestId } from './middleware/request-id';
 import { requestLogging } from './middleware/request-logging';
 import { createMetrics, measureRequests, type Metrics } from './observability/metrics';
+import { buildOpenApiDocument } from './openapi/openapi-document';
 import { bizTokenRoutes } from './routes/biz-tokens';
 import { opsRoutes, type Readiness } from './routes/ops';
 import type { IssueBizTokenDeps } from './use-cases/issue-biz-token';
@@ -77,7 +78,14 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
       useCase,
     }),
   );
-  app.use(opsRoutes({ readiness, metrics: config.metricsPort === undefined ? metrics : undefined, docsEnabled: config.docsEnabled }));
+  app.use(
+    opsRoutes({
+      readiness,
+      metrics: config.metricsPort === undefined ? metrics : undefined,
+      docsEnabled: config.docsEnabled,
+      openApiDocument: buildOpenApiDocument(config),
+    }),
+  );
   app.use(notFound);
   app.use(errorHandler);
 

@@ -61,15 +61,34 @@ export const envSchema = z.object({
     .default('false')
     .describe('Express `trust proxy`: `false`, a hop count, or comma-separated addresses/CIDRs of your proxies.'),
 
-  POLICY_LIVENESS_TYPES: csv(['meglive', 'still', 'raw_image'] as const).default(['meglive', 'still', 'raw_image']).describe('Liveness types callers may ask for.'),
-  POLICY_COMPARISON_TYPES: csv(['0', '1'] as const).default(['0', '1']).describe('Comparison types callers may ask for.'),
+  POLICY_LIVENESS_TYPES: csv(['meglive', 'still', 'raw_image'] as const).prefault('meglive,still,raw_image').describe('Liveness types callers may ask for.'),
+  POLICY_COMPARISON_TYPES: csv(['0', '1'] as const).prefault('0,1').describe('Comparison types callers may ask for.'),
   POLICY_SECURITY_LEVEL: z.enum(['1', '2', '3', '4']).default('2').describe('`security_level` sent on every request.'),
   POLICY_FORCE_COMPARE: flag.default('0').describe('`force_compare` sent on every request.'),
 
   CORS_ORIGINS: optionalText.describe('Comma-separated origins allowed by CORS; unset: CORS closed.'),
   METRICS_PORT: integer(1, 65535).optional().describe('Serve /metrics on this port only (not on PORT).'),
-  DOCS_ENABLED: booleanText.default(true).describe('Serve the API docs at /docs.'),
+  DOCS_ENABLED: booleanText.prefault('true').describe('Serve the API docs at /docs.'),
   SHUTDOWN_TIMEOUT_MS: integer(0, 120_000).default(10_000).describe('Longest wait for in-flight requests on SIGTERM.'),
 });
 
 export type Env = z.infer<typeof envSchema>;
+
+export interface DocumentedVariable {
+  name: string;
+  /** The default as it would be written in the environment; undefined when the variable has none. */
+  defaultValue: string | undefined;
+  description: string;
+}
+
+/** The variables as operators see them: name, default, meaning (for .env.example, the README and their test). */
+export function documentedVariables(): DocumentedVariable[] {
+  const jsonSchema = z.toJSONSchema(envSchema, { io: 'input', unrepresentable: 'any' }) as {
+    properties: Record<string, { default?: unknown; description?: string }>;
+  };
+  return Object.entries(jsonSchema.properties).map(([name, property]) => ({
+    name,
+    defaultValue: property.default === undefined ? undefined : String(property.default),
+    description: property.description ?? '',
+  }));
+}

@@ -1,29 +1,6 @@
-/**
- * The one error type of the service. Everything that ends a request early throws an AppError; the error
- * handler turns it into an RFC 9457 problem answer. `detail` is shown to the caller, so it never holds
- * secrets, ID numbers, names or upstream internals (those go to `logContext`, which only the log sees).
- */
-export type ErrorCode =
-  | 'MISSING_ARGUMENTS'
-  | 'BAD_ARGUMENTS'
-  | 'IMAGE_ERROR_UNSUPPORTED_FORMAT'
-  | 'INVALID_IMAGE_SIZE'
-  | 'NO_FACE_FOUND'
-  | 'MULTIPLE_FACES'
-  | 'LOW_QUALITY'
-  | 'PAYLOAD_TOO_LARGE'
-  | 'UNSUPPORTED_MEDIA_TYPE'
-  | 'UNAUTHENTICATED'
-  | 'IDEMPOTENCY_KEY_REUSED'
-  | 'RATE_LIMITED'
-  | 'COMPARISON_TYPE_NOT_PERMITTED'
-  | 'RETRY_LIMIT_REACHED'
-  | 'UPSTREAM_BUSY'
-  | 'UPSTREAM_REJECTED'
-  | 'UPSTREAM_ERROR'
-  | 'UPSTREAM_TIMEOUT'
-  | 'NOT_FOUND'
-  | 'INTERNAL_ERROR';
+import type { ErrorCode } from './error-catalog';
+
+export type { ErrorCode };
 
 export interface AppErrorOptions {
   param?: string;
@@ -34,6 +11,11 @@ export interface AppErrorOptions {
   cause?: unknown;
 }
 
+/**
+ * The one error type of the service. Everything that ends a request early throws an AppError; the error
+ * handler turns it into an RFC 9457 problem answer. `detail` is shown to the caller, so it never holds
+ * secrets, ID numbers, names or upstream internals (those go to `logContext`, which only the log sees).
+ */
 export class AppError extends Error {
   readonly status: number;
   readonly code: ErrorCode;

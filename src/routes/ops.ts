@@ -1,4 +1,5 @@
-import { Router } from 'express';
+import { Router, type Response } from 'express';
+import { apiDocsRoutes } from './api-docs';
 import type { Metrics } from '../observability/metrics';
 import type { SharedStore } from '../limits/shared-store';
 
@@ -9,6 +10,7 @@ export interface OpsRouteDeps {
   /** Undefined when metrics are served on their own METRICS_PORT instead. */
   metrics: Metrics | undefined;
   docsEnabled: boolean;
+  openApiDocument: Record<string, unknown>;
 }
 
 const REDIS_CHECK: Record<ReturnType<Readiness>['redis'], string> = {
@@ -17,7 +19,7 @@ const REDIS_CHECK: Record<ReturnType<Readiness>['redis'], string> = {
   unavailable: 'unreachable: per-process limits and idempotency until it returns',
 };
 
-/** Health, readiness and metrics for operators. */
+/** Health, readiness and metrics for operators; the API's description for developers. */
 export function opsRoutes(deps: OpsRouteDeps): Router {
   const router = Router();
   router.get('/healthz', (_req, res) => {
@@ -34,11 +36,16 @@ export function opsRoutes(deps: OpsRouteDeps): Router {
     });
   });
   if (deps.metrics !== undefined) router.get('/metrics', metricsHandler(deps.metrics));
+  const openApiText = JSON.stringify(deps.openApiDocument);
+  router.get('/openapi.json', (_req, res) => {
+    res.type('application/json').send(openApiText);
+  });
+  if (deps.docsEnabled) router.use(apiDocsRoutes());
   return router;
 }
 
 export function metricsHandler(metrics: Metrics) {
-  return async (_req: unknown, res: import('express').Response): Promise<void> => {
+  return async (_req: unknown, res: Response): Promise<void> => {
     res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   };
 }

@@ -1,0 +1,83 @@
+/**
+ * Every error code the service answers with: its status, when it happens, and (for 5xx) what an operator
+ * does about it. The OpenAPI document and the README's runbook are built from this one list.
+ */
+export interface ErrorEntry {
+  status: number;
+  when: string;
+  example: { detail: string; param?: string };
+  /** For operators: what to look at when this code shows up. */
+  runbook?: string;
+}
+
+export const ERROR_CATALOG = {
+  MISSING_ARGUMENTS: { status: 400, when: 'A required field is missing.', example: { detail: 'image_ref1 is required', param: 'image_ref1' } },
+  BAD_ARGUMENTS: {
+    status: 400,
+    when: 'A field is malformed, out of range, not allowed with the chosen types, unknown, repeated, or set by the service.',
+    example: { detail: 'liveness_timeout must be a whole number from 5 to 60', param: 'liveness_timeout' },
+  },
+  IMAGE_ERROR_UNSUPPORTED_FORMAT: {
+    status: 400,
+    when: 'An image is not a complete JPEG, PNG or BMP (judged by its bytes).',
+    example: { detail: 'image_ref1 is not a complete JPEG, PNG or BMP image', param: 'image_ref1' },
+  },
+  INVALID_IMAGE_SIZE: {
+    status: 400,
+    when: 'An image is wider or taller than 4096 pixels.',
+    example: { detail: 'image_ref1 is wider or taller than 4096 pixels', param: 'image_ref1' },
+  },
+  NO_FACE_FOUND: { status: 400, when: 'FaceID found no face in an image.', example: { detail: 'FaceID: NO_FACE_FOUND (image_ref1)', param: 'image_ref1' } },
+  MULTIPLE_FACES: { status: 400, when: 'FaceID found several faces in `image`.', example: { detail: 'FaceID: MULTIPLE_FACES (image)', param: 'image' } },
+  LOW_QUALITY: { status: 400, when: 'The face in `image` is of too low a quality.', example: { detail: 'FaceID: LOW_QUALITY (image)', param: 'image' } },
+  UNAUTHENTICATED: { status: 401, when: 'No or an invalid caller JWT.', example: { detail: 'the token has expired' } },
+  COMPARISON_TYPE_NOT_PERMITTED: {
+    status: 403,
+    when: 'The FaceID account may not use this comparison type.',
+    example: { detail: 'the FaceID account may not compare with the authoritative data source (comparison_type 1)', param: 'comparison_type' },
+  },
+  NOT_FOUND: { status: 404, when: 'No such route.', example: { detail: 'no route for GET /v1/nothing' } },
+  IDEMPOTENCY_KEY_REUSED: {
+    status: 409,
+    when: 'The Idempotency-Key was used with a different body, or its first request is still being answered after the wait.',
+    example: { detail: 'this Idempotency-Key was used with a different request body', param: 'Idempotency-Key' },
+  },
+  PAYLOAD_TOO_LARGE: { status: 413, when: 'The request is over 20 MB (the service\'s limit, or FaceID\'s own 413).', example: { detail: 'the request is larger than 20971520 bytes' } },
+  UNSUPPORTED_MEDIA_TYPE: { status: 415, when: 'The body is not multipart/form-data.', example: { detail: 'the body must be multipart/form-data' } },
+  RATE_LIMITED: { status: 429, when: 'The user\'s rate limit is spent; see Retry-After.', example: { detail: 'at most 5 token requests per 60 s; try again later' } },
+  RETRY_LIMIT_REACHED: { status: 429, when: 'FaceID\'s per-user retry limit (MORE_RETRY_TIMES).', example: { detail: 'FaceID\'s retry limit for this user is reached' } },
+  INTERNAL_ERROR: {
+    status: 500,
+    when: 'A bug in the service.',
+    example: { detail: 'an internal error occurred; it has been logged' },
+    runbook: 'Find the log line by request_id (level error, with err); file a bug with it.',
+  },
+  UPSTREAM_REJECTED: {
+    status: 502,
+    when: 'FaceID refused the service\'s own credentials or configuration.',
+    example: { detail: 'FaceID refused the service\'s credentials or configuration; the operator has been told' },
+    runbook:
+      'The log line\'s upstream.faceidError says why: AUTHENTICATION_ERROR / INVALID_SIGN (wrong FACEID_API_SECRET or clock skew: check NTP), EXPIRED_SIGN (clock), API_KEY_BE_DISCONTINUED / LIMIT_REACHED / DENIED (the FaceID account), IP_NOT_ALLOWED (egress IP), API_NOT_FOUND (FACEID_BASE_URL).',
+  },
+  UPSTREAM_ERROR: {
+    status: 502,
+    when: 'FaceID failed (INTERNAL_ERROR after retries, an unreadable answer, or no connection).',
+    example: { detail: 'FaceID could not issue a token; try again later' },
+    runbook: 'Check upstream.reason and upstream.networkError in the log; check egress to FACEID_BASE_URL and FaceID\'s status; it clears by itself when FaceID recovers.',
+  },
+  UPSTREAM_BUSY: {
+    status: 503,
+    when: 'FaceID is busy (CONCURRENCY_LIMIT_EXCEEDED after retries), the service\'s FaceID capacity or queue is full, or the daily budget is spent; see Retry-After.',
+    example: { detail: 'FaceID is busy; try again shortly' },
+    runbook:
+      'upstream.reason in the log tells which: FaceID concurrency (ask FaceID for more, or lower FACEID_MAX_CONCURRENCY to match the account), queue full/timeout (scale out or raise FACEID_MAX_CONCURRENCY), daily budget (raise FACEID_DAILY_BUDGET or find the runaway client in the logs by user).',
+  },
+  UPSTREAM_TIMEOUT: {
+    status: 504,
+    when: 'FaceID did not answer within FACEID_TIMEOUT_MS.',
+    example: { detail: 'FaceID did not answer in time' },
+    runbook: 'Check FaceID latency (faceid_upstream_duration_seconds) and egress; raise FACEID_TIMEOUT_MS only if FaceID is slow but healthy.',
+  },
+} as const satisfies Record<string, ErrorEntry>;
+
+export type ErrorCode = keyof typeof ERROR_CATALOG;
