@@ -1,13 +1,11 @@
 /**
- * Every error code the service answers with: its status, when it happens, and (for 5xx) what an operator
- * does about it. The OpenAPI document and the README's runbook are built from this one list.
+ * Every error code the service answers with: its status, when it happens, and an example. The OpenAPI
+ * document is built from this list; a test checks the README's runbook has a row for each 5xx code.
  */
 export interface ErrorEntry {
   status: number;
   when: string;
   example: { detail: string; param?: string };
-  /** For operators: what to look at when this code shows up. */
-  runbook?: string;
 }
 
 export const ERROR_CATALOG = {
@@ -50,33 +48,26 @@ export const ERROR_CATALOG = {
     status: 500,
     when: 'A bug in the service.',
     example: { detail: 'an internal error occurred; it has been logged' },
-    runbook: 'Find the log line by request_id (level error, with err); file a bug with it.',
   },
   UPSTREAM_REJECTED: {
     status: 502,
     when: 'FaceID refused the service\'s own credentials or configuration.',
     example: { detail: 'FaceID refused the service\'s credentials or configuration; the operator has been told' },
-    runbook:
-      'The log line\'s upstream.faceidError says why: AUTHENTICATION_ERROR / INVALID_SIGN (wrong FACEID_API_SECRET or clock skew: check NTP), EXPIRED_SIGN (clock), API_KEY_BE_DISCONTINUED / LIMIT_REACHED / DENIED (the FaceID account), IP_NOT_ALLOWED (egress IP), API_NOT_FOUND (FACEID_BASE_URL).',
   },
   UPSTREAM_ERROR: {
     status: 502,
     when: 'FaceID failed (INTERNAL_ERROR after retries, an unreadable answer, or no connection).',
     example: { detail: 'FaceID could not issue a token; try again later' },
-    runbook: 'Check upstream.reason and upstream.networkError in the log; check egress to FACEID_BASE_URL and FaceID\'s status; it clears by itself when FaceID recovers.',
   },
   UPSTREAM_BUSY: {
     status: 503,
     when: 'FaceID is busy (CONCURRENCY_LIMIT_EXCEEDED after retries), the service\'s FaceID capacity or queue is full, or the daily budget is spent; see Retry-After.',
     example: { detail: 'FaceID is busy; try again shortly' },
-    runbook:
-      'upstream.reason in the log tells which: FaceID concurrency (ask FaceID for more, or lower FACEID_MAX_CONCURRENCY to match the account), queue full/timeout (scale out or raise FACEID_MAX_CONCURRENCY), daily budget (raise FACEID_DAILY_BUDGET or find the runaway client in the logs by user).',
   },
   UPSTREAM_TIMEOUT: {
     status: 504,
     when: 'FaceID did not answer within FACEID_TIMEOUT_MS.',
     example: { detail: 'FaceID did not answer in time' },
-    runbook: 'Check FaceID latency (faceid_upstream_duration_seconds) and egress; raise FACEID_TIMEOUT_MS only if FaceID is slow but healthy.',
   },
 } as const satisfies Record<string, ErrorEntry>;
 

@@ -5,7 +5,7 @@ import type { UserRateLimiter } from '../limits/user-rate-limiter';
 import { authenticate } from '../middleware/authenticate';
 import { idempotencyKey } from '../middleware/idempotency-key';
 import { parseMultipart } from '../middleware/parse-multipart';
-import { rateLimit } from '../middleware/rate-limit';
+import { rateLimit, rateLimitPolicy } from '../middleware/rate-limit';
 import type { AuthenticateCaller } from '../auth/authenticate-caller';
 import type { Metrics } from '../observability/metrics';
 import { issueBizToken, type IssueBizTokenDeps, type IssuedToken } from '../use-cases/issue-biz-token';
@@ -21,9 +21,11 @@ export interface BizTokenRouteDeps {
 /** `POST /v1/biz-tokens`: who asks, how often, what they sent, then the use case. */
 export function bizTokenRoutes(deps: BizTokenRouteDeps): Router {
   const router = Router();
+  const policy = rateLimitPolicy(deps.rateLimiter);
   router.post(
     '/v1/biz-tokens',
     (_req, res, next) => {
+      res.setHeader('RateLimit-Policy', policy);
       res.once('close', () => recordOutcome(deps.metrics, res.locals, res.statusCode));
       next();
     },
