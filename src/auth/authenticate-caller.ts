@@ -15,6 +15,7 @@ export interface Caller {
 
 export type AuthenticateCaller = (authorization: string | undefined, clientIp: string) => Promise<Caller>;
 
+const JWKS_UNAVAILABLE = 'the signing keys could not be fetched';
 const ASYMMETRIC_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'];
 
 /** Caps on fetching the JWKS, so a slow identity provider cannot hold requests for long. */
@@ -44,7 +45,7 @@ export function createCallerAuthenticator(auth: Config['auth'], log: Logger): Au
     } catch (error) {
       if (error instanceof AppError) throw error;
       const reason = rejectionReason(error);
-      if (reason === 'the signing keys could not be fetched') log.warn({ err: errorCode(error) }, 'JWKS unreachable');
+      if (reason === JWKS_UNAVAILABLE) log.warn({ err: errorCode(error) }, 'JWKS unreachable');
       throw unauthenticated(reason);
     }
   };
@@ -99,13 +100,17 @@ function rejectionReason(error: unknown): string {
   if (error instanceof joseErrors.JWTExpired) return 'the token has expired';
   if (error instanceof joseErrors.JWTClaimValidationFailed) return `the token's ${error.claim} claim is not accepted`;
   if (error instanceof joseErrors.JOSEAlgNotAllowed) return 'the token\'s algorithm is not accepted';
-  if (error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JWKSInvalid) return 'the signing keys could not be fetched';
   if (error instanceof joseErrors.JWKSNoMatchingKey) return 'no signing key matches the token';
   if (error instanceof joseErrors.JWSSignatureVerificationFailed) return 'the token\'s signature is not valid';
-  if (errorCode(error) === 'ECONNREFUSED' || error instanceof TypeError) return 'the signing keys could not be fetched';
+  if (error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JWKSInvalid) return JWKS_UNAVAILABLE;
+  // jose raises its own errors for every token problem; anything else came from fetching the JWKS.
+  if (!(error instanceof joseErrors.JOSEError)) return JWKS_UNAVAILABLE;
   return 'the token is not a valid JWT';
 }
 
 function errorCode(error: unknown): string {
-  return (error as { code?: string } | undefined)?.code ?? (error instanceof Error ? error.name : 'unknown');
+  const { code, cause } = (error ?? {}) as { code?: unknown; cause?: { code?: unknown } };
+  if (typeof code === 'string') return code;
+  if (typeof cause?.code === 'string') return cause.code;
+  return error instanceof Error ? error.name : 'unknown';
 }

@@ -70,11 +70,18 @@ export function loadConfig(source: NodeJS.ProcessEnv): Config {
   // Empty strings (as left by `VAR=` in an .env file) mean "unset".
   const present = Object.fromEntries(Object.entries(source).filter(([, value]) => value !== undefined && value !== ''));
   const parsed = envSchema.safeParse(present);
-  if (!parsed.success) {
-    throw new ConfigError(parsed.error.issues.map((issue) => `${issue.path.join('.') || 'environment'}: ${issue.message}`));
-  }
-  const env = parsed.data;
   const problems: string[] = [];
+  let env: Env;
+  if (parsed.success) {
+    env = parsed.data;
+  } else {
+    problems.push(...parsed.error.issues.map((issue) => `${issue.path.join('.') || 'environment'}: ${issue.message}`));
+    // Check the rest too, with the malformed values left out, so one start-up error names every problem.
+    const malformed = new Set(parsed.error.issues.map((issue) => String(issue.path[0])));
+    const rest = envSchema.safeParse(Object.fromEntries(Object.entries(present).filter(([name]) => !malformed.has(name))));
+    if (!rest.success) throw new ConfigError(problems);
+    env = rest.data;
+  }
   const production = env.NODE_ENV === 'production';
 
   const apiSecret = readApiSecret(env, problems);
