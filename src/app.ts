@@ -10,6 +10,8 @@ import { createRedisIdempotencyStore } from './idempotency/redis-idempotency-sto
 import { createResilientIdempotencyStore } from './idempotency/resilient-idempotency-store';
 import { connectSharedStore, type SharedStore } from './limits/shared-store';
 import { createUpstreamBudget } from './limits/upstream-budget';
+import { createCircuitBreaker } from './limits/circuit-breaker';
+import { createUploadMemoryBudget } from './limits/upload-memory-budget';
 import { createUpstreamGate } from './limits/upstream-gate';
 import { createUserRateLimiter } from './limits/user-rate-limiter';
 import { errorHandler, notFound } from './middleware/error-handler';
@@ -45,7 +47,13 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
   });
   const shared = connectSharedStore(config.redis, logger);
   const gate = createUpstreamGate(config.faceid.maxConcurrency, config.faceid.queueTimeoutMs);
-  const metrics = createMetrics(gate);
+  const breaker = createCircuitBreaker({
+    failureThreshold: config.faceid.breakerFailures,
+    openMs: config.faceid.breakerOpenMs,
+    log: logger.child({ component: 'faceid-circuit' }),
+  });
+  const uploadBudget = createUploadMemoryBudget(config.uploads.memoryBytes, config.uploads.queueTimeoutMs);
+  const metrics = createMetrics({ gate, breaker, uploadBudget });
   const local = createMemoryIdempotencyStore();
   const useCase: IssueBizTokenDeps = {
     faceid: client,
@@ -55,6 +63,7 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
         : createResilientIdempotencyStore(createRedisIdempotencyStore(shared.redis), local, () => shared.state() === 'ready'),
     budget: createUpstreamBudget(config.faceid.dailyBudget, shared),
     gate,
+    breaker,
     policy: config.policy,
     authMode: config.auth.mode,
     idempotencyWaitMs: config.faceid.timeoutMs + config.faceid.queueTimeoutMs + IDEMPOTENCY_WAIT_MARGIN_MS,
@@ -75,6 +84,7 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
       authenticateCaller: createCallerAuthenticator(config.auth, logger),
       rateLimiter: createUserRateLimiter(config.rateLimit, shared),
       metrics,
+      uploadBudget,
       useCase,
     }),
   );

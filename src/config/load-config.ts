@@ -22,8 +22,11 @@ export interface Config {
     maxRetries: number;
     maxConcurrency: number;
     queueTimeoutMs: number;
+    breakerFailures: number;
+    breakerOpenMs: number;
     dailyBudget: number | undefined;
   };
+  uploads: { memoryBytes: number; queueTimeoutMs: number };
   auth: {
     mode: 'jwt' | 'none';
     jwtSecret: string | undefined;
@@ -135,8 +138,11 @@ export function loadConfig(source: NodeJS.ProcessEnv): Config {
       maxRetries: env.FACEID_MAX_RETRIES,
       maxConcurrency: env.FACEID_MAX_CONCURRENCY,
       queueTimeoutMs: env.FACEID_QUEUE_TIMEOUT_MS,
+      breakerFailures: env.FACEID_BREAKER_FAILURES,
+      breakerOpenMs: env.FACEID_BREAKER_OPEN_MS,
       dailyBudget: env.FACEID_DAILY_BUDGET,
     },
+    uploads: { memoryBytes: env.UPLOAD_MEMORY_MB * 1024 * 1024, queueTimeoutMs: env.UPLOAD_QUEUE_TIMEOUT_MS },
     auth: {
       mode: authMode,
       jwtSecret: env.AUTH_JWT_SECRET,

@@ -37,6 +37,8 @@ export const envSchema = z.object({
   FACEID_MAX_RETRIES: integer(0, 10).default(2).describe('Retries of INTERNAL_ERROR, CONCURRENCY_LIMIT_EXCEEDED and failed connections.'),
   FACEID_MAX_CONCURRENCY: integer(1, 10_000).default(32).describe('Most FaceID calls in flight at once (the account concurrency limit).'),
   FACEID_QUEUE_TIMEOUT_MS: integer(0, 60_000).default(2_000).describe('Longest wait for a free upstream slot before 503 UPSTREAM_BUSY.'),
+  FACEID_BREAKER_FAILURES: integer(1, 1000).default(5).describe('Consecutive upstream failures (timeouts, 5xx, lost connections) that open the circuit breaker.'),
+  FACEID_BREAKER_OPEN_MS: integer(100, 600_000).default(10_000).describe('How long the open breaker fails fast before one probe call.'),
   FACEID_DAILY_BUDGET: integer(1, 1_000_000_000).optional().describe('Optional ceiling on upstream calls per UTC day, shared through Redis.'),
 
   AUTH_MODE: z.enum(['jwt', 'none']).optional().describe('`jwt` (default when a key source is set) or `none` (development only).'),
@@ -66,6 +68,8 @@ export const envSchema = z.object({
   POLICY_SECURITY_LEVEL: z.enum(['1', '2', '3', '4']).default('2').describe('`security_level` sent on every request.'),
   POLICY_FORCE_COMPARE: flag.default('0').describe('`force_compare` sent on every request.'),
 
+  UPLOAD_MEMORY_MB: integer(20, 4096).default(64).describe('Request bodies held in memory at once, in MiB; further uploads wait unread.'),
+  UPLOAD_QUEUE_TIMEOUT_MS: integer(0, 120_000).default(10_000).describe('Longest wait of an upload for memory before 503 UPSTREAM_BUSY.'),
   CORS_ORIGINS: optionalText.describe('Comma-separated origins allowed by CORS; unset: CORS closed.'),
   METRICS_PORT: integer(1, 65535).optional().describe('Serve /metrics on this port only (not on PORT).'),
   DOCS_ENABLED: booleanText.prefault('true').describe('Serve the API docs at /docs.'),

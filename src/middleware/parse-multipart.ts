@@ -3,6 +3,7 @@ import multer, { MulterError } from 'multer';
 import type { Readable, Writable } from 'node:stream';
 import { AppError, badArgument } from '../errors/app-error';
 import { PARAMETERS, isParameterName } from '../faceid/parameters';
+import type { UploadMemoryBudget } from '../limits/upload-memory-budget';
 import type { MultipartForm } from '../token-request/multipart-form';
 
 /**
@@ -88,28 +89,38 @@ function toAppError(error: unknown): AppError {
   return new AppError(400, 'BAD_ARGUMENTS', 'the body is not well-formed multipart/form-data', { cause: error });
 }
 
-/** Parses the body into `res.locals.form`, refusing what is not multipart or too large. */
-export const parseMultipart: RequestHandler = (req, res, next) => {
-  if (!req.is('multipart/form-data')) {
-    next(new AppError(415, 'UNSUPPORTED_MEDIA_TYPE', 'the body must be multipart/form-data'));
-    return;
-  }
-  const announced = Number(req.headers['content-length']);
-  if (Number.isFinite(announced) && announced > MAX_REQUEST_BYTES) {
-    // Refuse without reading: the connection closes so the rest of the upload is not waited for.
-    res.setHeader('Connection', 'close');
-    next(tooLarge());
-    return;
-  }
-  upload(req, res, (error: unknown) => {
-    if (error !== undefined && error !== null) {
-      next(toAppError(error));
-      return;
+/**
+ * Parses the body into `res.locals.form`, refusing what is not multipart or too large, and holding at most
+ * the upload memory budget's worth of bodies at once.
+ */
+export function parseMultipart(budget: UploadMemoryBudget): RequestHandler {
+  return async (req, res, next) => {
+    if (!req.is('multipart/form-data')) throw new AppError(415, 'UNSUPPORTED_MEDIA_TYPE', 'the body must be multipart/form-data');
+    const announced = Number(req.headers['content-length']);
+    if (Number.isFinite(announced) && announced > MAX_REQUEST_BYTES) {
+      // Refuse without reading: the connection closes so the rest of the upload is not waited for.
+      res.setHeader('Connection', 'close');
+      throw tooLarge();
     }
-    res.locals.form = toForm(req);
-    next();
-  });
-};
+    let release: () => void;
+    try {
+      release = await budget.reserve(Number.isFinite(announced) ? announced : MAX_REQUEST_BYTES);
+    } catch (error) {
+      res.setHeader('Connection', 'close');
+      throw error;
+    }
+    // Held until the answer is sent: the use case keeps the photos until FaceID has them.
+    res.once('close', release);
+    upload(req, res, (error: unknown) => {
+      if (error !== undefined && error !== null) {
+        next(toAppError(error));
+        return;
+      }
+      res.locals.form = toForm(req);
+      next();
+    });
+  };
+}
 
 function toForm(req: Request): MultipartForm {
   const fields = new Map<string, string[]>();

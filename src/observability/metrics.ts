@@ -1,5 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { RequestHandler } from 'express';
+import type { BreakerState, CircuitBreaker } from '../limits/circuit-breaker';
+import type { UploadMemoryBudget } from '../limits/upload-memory-budget';
 import type { UpstreamGate } from '../limits/upstream-gate';
 import { routeOf } from '../middleware/request-logging';
 
@@ -14,9 +16,34 @@ export interface Metrics {
   httpInFlight: Gauge;
 }
 
-export function createMetrics(gate: UpstreamGate): Metrics {
+/** What the gauges read when Prometheus scrapes. */
+export interface GaugeSources {
+  gate: UpstreamGate;
+  breaker: CircuitBreaker;
+  uploadBudget: UploadMemoryBudget;
+}
+
+const BREAKER_STATE_VALUE: Record<BreakerState, number> = { closed: 0, 'half-open': 1, open: 2 };
+
+export function createMetrics({ gate, breaker, uploadBudget }: GaugeSources): Metrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
+  new Gauge({
+    name: 'faceid_circuit_state',
+    help: 'FaceID circuit breaker: 0 closed, 1 half-open, 2 open',
+    registers: [registry],
+    collect() {
+      this.set(BREAKER_STATE_VALUE[breaker.state()]);
+    },
+  });
+  new Gauge({
+    name: 'upload_memory_reserved_bytes',
+    help: 'Bytes of request bodies reserved in the upload memory budget',
+    registers: [registry],
+    collect() {
+      this.set(uploadBudget.inUse());
+    },
+  });
   new Gauge({
     name: 'faceid_calls_in_flight',
     help: 'FaceID calls in flight',

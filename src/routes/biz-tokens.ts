@@ -1,6 +1,7 @@
 import { Router } from 'express';
 import type { Caller } from '../auth/authenticate-caller';
 import { AppError } from '../errors/app-error';
+import type { UploadMemoryBudget } from '../limits/upload-memory-budget';
 import type { UserRateLimiter } from '../limits/user-rate-limiter';
 import { authenticate } from '../middleware/authenticate';
 import { idempotencyKey } from '../middleware/idempotency-key';
@@ -15,6 +16,7 @@ export interface BizTokenRouteDeps {
   authenticateCaller: AuthenticateCaller;
   rateLimiter: UserRateLimiter;
   metrics: Metrics;
+  uploadBudget: UploadMemoryBudget;
   useCase: IssueBizTokenDeps;
 }
 
@@ -32,7 +34,7 @@ export function bizTokenRoutes(deps: BizTokenRouteDeps): Router {
     authenticate(deps.authenticateCaller),
     idempotencyKey,
     rateLimit(deps.rateLimiter, deps.metrics),
-    parseMultipart,
+    parseMultipart(deps.uploadBudget),
     async (req, res) => {
       const caller = res.locals.caller as Caller;
       let issued: IssuedToken;

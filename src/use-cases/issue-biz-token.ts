@@ -5,6 +5,7 @@ import type { Config } from '../config/load-config';
 import { AppError, type ErrorCode } from '../errors/app-error';
 import type { UpstreamToken, UpstreamTokenRequest } from '../faceid/faceid-client';
 import type { IdempotencyStore, StoredAnswer } from '../idempotency/idempotency-store';
+import type { CircuitBreaker } from '../limits/circuit-breaker';
 import type { UpstreamBudget } from '../limits/upstream-budget';
 import type { UpstreamGate } from '../limits/upstream-gate';
 import type { MultipartForm } from '../token-request/multipart-form';
@@ -23,6 +24,7 @@ export interface IssueBizTokenDeps {
   idempotency: IdempotencyStore;
   budget: UpstreamBudget;
   gate: UpstreamGate;
+  breaker: CircuitBreaker;
   policy: Config['policy'];
   authMode: Config['auth']['mode'];
   /** How long a second request with the same key waits for the first one's answer. */
@@ -43,7 +45,8 @@ export interface IssuedToken {
 
 /**
  * The story of one token: check the request locally, answer a repeated Idempotency-Key from its record,
- * spend the operator's budget, wait for an upstream slot, ask FaceID, keep the answer for replays.
+ * spend the operator's budget, wait for an upstream slot, ask FaceID unless its circuit is open, keep the
+ * answer for replays.
  */
 export async function issueBizToken(input: IssueBizTokenInput, deps: IssueBizTokenDeps, log: Logger): Promise<IssuedToken> {
   const startedAt = Date.now();
@@ -54,7 +57,9 @@ export async function issueBizToken(input: IssueBizTokenInput, deps: IssueBizTok
 
   try {
     await deps.budget.take(log);
-    const upstream = await deps.gate.run(() => deps.faceid.getBizToken(toUpstream(request, input.caller, deps.policy), log));
+    const upstreamRequest = toUpstream(request, input.caller, deps.policy);
+    // The gate outside the breaker: a full queue is the service's own load, not a FaceID failure.
+    const upstream = await deps.gate.run(() => deps.breaker.run(() => deps.faceid.getBizToken(upstreamRequest, log)));
     const expiresAt = new Date(startedAt + BIZ_TOKEN_LIFETIME_MS);
     const body = { biz_token: upstream.bizToken, expires_at: expiresAt.toISOString() };
     if (claim !== undefined) await deps.idempotency.complete(claim.key, claim.owner, claim.fingerprint, { status: 201, body }, expiresAt.getTime() - Date.now());

@@ -1,0 +1,185 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { postToken, signToken, startTestService, validForm, type TestService } from './helpers/test-service';
+
+/** Issue 5's capacity rules: the upstream queue, the circuit breaker and the memory bounds. */
+
+const withBizNo = (bizNo: string) => {
+  const form = validForm();
+  form.fields.biz_no = bizNo;
+  return form;
+};
+
+describe('the upstream queue', () => {
+  let target: TestService;
+  afterEach(() => target.close());
+
+  test('when every FaceID slot stays busy past FACEID_QUEUE_TIMEOUT_MS, then the waiting request gets 503 UPSTREAM_BUSY with Retry-After', async () => {
+    target = await startTestService({ FACEID_MAX_CONCURRENCY: '1', FACEID_QUEUE_TIMEOUT_MS: '200' });
+    const slow = postToken(target, withBizNo('sandbox:latency=800'));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const waiting = await postToken(target, validForm());
+    expect(waiting.status).toBe(503);
+    expect(waiting.body.code).toBe('UPSTREAM_BUSY');
+    expect(waiting.headers['retry-after']).toBe('1');
+    expect((await slow).status).toBe(201);
+    expect(target.sandbox.received).toHaveLength(1);
+  });
+
+  test('when a slot frees up within the queue timeout, then the waiting request is served', async () => {
+    target = await startTestService({ FACEID_MAX_CONCURRENCY: '1', FACEID_QUEUE_TIMEOUT_MS: '3000' });
+    const [first, second] = await Promise.all([postToken(target, withBizNo('sandbox:latency=300')), postToken(target, validForm())]);
+    expect([first.status, second.status]).toEqual([201, 201]);
+    expect(target.sandbox.received).toHaveLength(2);
+  });
+});
+
+describe('the circuit breaker', () => {
+  let target: TestService;
+  beforeEach(async () => {
+    target = await startTestService({ FACEID_BREAKER_FAILURES: '2', FACEID_BREAKER_OPEN_MS: '400', FACEID_MAX_RETRIES: '0' });
+  });
+  afterEach(() => target.close());
+
+  const metric = async (): Promise<string | undefined> =>
+    /^faceid_circuit_state (\d)$/m.exec((await target.http().get('/metrics')).text)?.[1];
+
+  test('when FaceID fails repeatedly, then the breaker opens, fails fast, probes once and closes when FaceID recovers', async () => {
+    target.sandbox.setScenario({ outcome: 'INTERNAL_ERROR', times: undefined, latencyMs: 0 });
+    expect((await postToken(target)).status).toBe(502);
+    expect((await postToken(target)).status).toBe(502);
+    expect(target.sandbox.received).toHaveLength(2);
+
+    const fast = await postToken(target);
+    expect(fast.status).toBe(503);
+    expect(fast.body.code).toBe('UPSTREAM_BUSY');
+    expect(Number(fast.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    expect(target.sandbox.received).toHaveLength(2);
+    expect(await metric()).toBe('2');
+
+    target.sandbox.setScenario(undefined);
+    await new Promise((resolve) => setTimeout(resolve, 450));
+    expect((await postToken(target)).status).toBe(201);
+    expect(await metric()).toBe('0');
+    expect((await postToken(target)).status).toBe(201);
+    const messages = target.log.lines().map((line) => line.msg);
+    expect(messages).toEqual(expect.arrayContaining([expect.stringContaining('circuit OPEN'), expect.stringContaining('half-open'), expect.stringContaining('circuit closed')]));
+  });
+
+  test('when the half-open probe fails, then the breaker opens again', async () => {
+    target.sandbox.setScenario({ outcome: 'INTERNAL_ERROR', times: undefined, latencyMs: 0 });
+    await postToken(target);
+    await postToken(target);
+    await new Promise((resolve) => setTimeout(resolve, 450));
+    expect((await postToken(target)).status).toBe(502);
+    expect(target.sandbox.received).toHaveLength(3);
+    expect((await postToken(target)).status).toBe(503);
+    expect(target.sandbox.received).toHaveLength(3);
+  });
+
+  test('when FaceID answers client errors such as NO_FACE_FOUND, then the breaker stays closed', async () => {
+    for (let index = 0; index < 4; index += 1) expect((await postToken(target, withBizNo('sandbox:NO_FACE_FOUND'))).status).toBe(400);
+    expect((await postToken(target)).status).toBe(201);
+    expect(await metric()).toBe('0');
+  });
+});
+
+describe('memory bounds', () => {
+  let target: TestService;
+  let server: http.Server;
+  let port: number;
+  beforeAll(async () => {
+    target = await startTestService({ UPLOAD_MEMORY_MB: '20', UPLOAD_QUEUE_TIMEOUT_MS: '300' });
+    server = target.service.app.listen(0);
+    await new Promise((resolve) => server.once('listening', resolve));
+    port = (server.address() as AddressInfo).port;
+  });
+  afterAll(async () => {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+    await target.close();
+  });
+
+  /** Streams `totalBytes` of multipart body from one reused 1 MiB chunk, so the test itself holds no 100 MB. */
+  const upload = async (totalBytes: number, announce: boolean): Promise<{ status: number; body: string }> => {
+    const token = await signToken();
+    const boundary = 'capacity-test-boundary';
+    const head = Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="image_ref1"; filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`);
+    const chunk = Buffer.alloc(1024 * 1024, 0x41);
+    return new Promise((resolve, reject) => {
+      const request = http.request({
+        port,
+        method: 'POST',
+        path: '/v1/biz-tokens',
+        headers: {
+          Authorization: `Bearer ${token}`,
+          'Content-Type': `multipart/form-data; boundary=${boundary}`,
+          ...(announce ? { 'Content-Length': String(head.length + totalBytes) } : { 'Transfer-Encoding': 'chunked' }),
+        },
+      });
+      let answered = false;
+      request.on('response', (response) => {
+        answered = true;
+        let body = '';
+        response.on('data', (data: Buffer) => (body += data.toString()));
+        response.on('end', () => {
+          resolve({ status: response.statusCode ?? 0, body });
+          request.destroy();
+        });
+      });
+      request.on('error', reject);
+      request.write(head);
+      let sent = 0;
+      const pump = (): void => {
+        while (sent < totalBytes && !answered && !request.destroyed) {
+          sent += chunk.length;
+          if (!request.write(chunk)) {
+            request.once('drain', pump);
+            return;
+          }
+        }
+        if (!answered && !request.destroyed) request.end();
+      };
+      pump();
+    });
+  };
+
+  test('when a 100 MB upload announces its size, then it is refused with 413 without the memory growing by anywhere near 100 MB', async () => {
+    global.gc?.();
+    const before = process.memoryUsage().rss;
+    const answer = await upload(100 * 1024 * 1024, true);
+    expect(answer.status).toBe(413);
+    expect(JSON.parse(answer.body).code).toBe('PAYLOAD_TOO_LARGE');
+    expect(process.memoryUsage().rss - before).toBeLessThan(40 * 1024 * 1024);
+  });
+
+  test('when a 100 MB upload comes chunked with no size, then it is cut off at 20 MB with 413 and memory stays bounded', async () => {
+    const before = process.memoryUsage().rss;
+    const answer = await upload(100 * 1024 * 1024, false);
+    expect(answer.status).toBe(413);
+    expect(process.memoryUsage().rss - before).toBeLessThan(70 * 1024 * 1024);
+    expect(target.sandbox.received).toHaveLength(0);
+  });
+
+  test('when uploads already hold the whole memory budget, then the next one waits unread and gets 503 after the upload queue timeout', async () => {
+    const token = await signToken();
+    // Announces 20 MiB and sends nothing: its reservation holds the whole 20 MiB budget.
+    const holder = http.request({
+      port,
+      method: 'POST',
+      path: '/v1/biz-tokens',
+      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'multipart/form-data; boundary=x', 'Content-Length': String(20 * 1024 * 1024) },
+    });
+    holder.on('error', () => undefined);
+    holder.flushHeaders();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const started = Date.now();
+    const second = await postToken(target, validForm());
+    expect(second.status).toBe(503);
+    expect(second.body.code).toBe('UPSTREAM_BUSY');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+    holder.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect((await postToken(target, validForm())).status).toBe(201);
+  });
+});
