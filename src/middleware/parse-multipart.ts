@@ -28,6 +28,9 @@ const LIMITS = {
 const tooLarge = (): AppError =>
   new AppError(413, 'PAYLOAD_TOO_LARGE', `the request is larger than ${MAX_REQUEST_BYTES} bytes`);
 
+/** How the byte counter, which multer hands only the request, reaches the middleware that answers. */
+const onTooLarge = new WeakMap<object, () => void>();
+
 interface FilesSeen {
   seenFileFields?: Set<string>;
 }
@@ -56,6 +59,8 @@ const uploadOptions: UploadOptions = {
       if (received > MAX_REQUEST_BYTES) {
         req.off('data', count);
         busboy.destroy(tooLarge());
+        // Answer now: multer would otherwise wait for the end of a body that may never end.
+        onTooLarge.get(req)?.();
       }
     };
     req.on('data', count);
@@ -111,14 +116,19 @@ export function parseMultipart(budget: UploadMemoryBudget): RequestHandler {
     }
     // Held until the answer is sent: the use case keeps the photos until FaceID has them.
     res.once('close', release);
-    upload(req, res, (error: unknown) => {
-      if (error !== undefined && error !== null) {
-        next(toAppError(error));
-        return;
-      }
-      res.locals.form = toForm(req);
-      next();
+    let settled = false;
+    const settle = (error: AppError | undefined): void => {
+      if (settled) return;
+      settled = true;
+      if (error === undefined) res.locals.form = toForm(req);
+      next(error);
+    };
+    onTooLarge.set(req, () => {
+      // The rest of the body is not worth reading: the connection closes after the answer.
+      res.setHeader('Connection', 'close');
+      settle(tooLarge());
     });
+    upload(req, res, (error: unknown) => settle(error === undefined || error === null ? undefined : toAppError(error)));
   };
 }
 
