@@ -118,12 +118,13 @@ export class FaceIdClient {
     for (const image of request.images) {
       form.append(image.name, image.bytes, { filename: `${image.name}.${image.format}`, contentType: CONTENT_TYPES[image.format] });
     }
-    // One buffer with a Content-Length: the request ends cleanly and its socket goes back to the pool.
-    const body = form.getBuffer();
     let response: AxiosResponse<string>;
     try {
-      response = await this.http.post<string>(GET_BIZ_TOKEN_PATH, body, {
-        headers: { ...form.getHeaders(), 'Content-Length': String(body.length) },
+      // Streamed, not joined into one buffer: the photos are not copied again. The exact Content-Length
+      // lets the request end cleanly, so its socket goes back to the pool (no maxBodyLength is set, which
+      // with a stream body was seen to leave requests un-ended).
+      response = await this.http.post<string>(GET_BIZ_TOKEN_PATH, form, {
+        headers: { ...form.getHeaders(), 'Content-Length': String(form.getLengthSync()) },
         signal: deadline,
       });
     } catch (error) {

@@ -1,5 +1,5 @@
 import express, { Router } from 'express';
-import { getAbsoluteFSPath } from 'swagger-ui-dist';
+import path from 'node:path';
 
 /**
  * Readable docs of /openapi.json with the pinned swagger-ui-dist. The page loads only same-origin scripts,
@@ -14,6 +14,12 @@ const PAGE = `<!doctype html>
 <script src="/docs/init.js"></script>
 </body></html>`;
 
+/**
+ * Only the folder: importing swagger-ui-dist itself would load its megabyte-sized bundle into the service's
+ * memory at start-up, for files that are only ever sent to browsers.
+ */
+const SWAGGER_UI_FILES = path.dirname(require.resolve('swagger-ui-dist/package.json'));
+
 const INIT = `window.ui = SwaggerUIBundle({ url: '/openapi.json', dom_id: '#swagger-ui', deepLinking: true });`;
 
 export function apiDocsRoutes(): Router {
@@ -24,6 +30,6 @@ export function apiDocsRoutes(): Router {
   router.get('/docs/init.js', (_req, res) => {
     res.type('application/javascript').send(INIT);
   });
-  router.use('/docs/assets', express.static(getAbsoluteFSPath(), { index: false, maxAge: '1d' }));
+  router.use('/docs/assets', express.static(SWAGGER_UI_FILES, { index: false, maxAge: '1d' }));
   return router;
 }
