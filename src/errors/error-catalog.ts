@@ -61,7 +61,7 @@ export const ERROR_CATALOG = {
   },
   UPSTREAM_BUSY: {
     status: 503,
-    when: 'FaceID is busy (CONCURRENCY_LIMIT_EXCEEDED after retries), the service\'s FaceID capacity or queue is full, or the daily budget is spent; see Retry-After.',
+    when: 'FaceID is busy (CONCURRENCY_LIMIT_EXCEEDED after retries), the service\'s FaceID capacity or queue is full, FaceID\'s circuit is open after repeated failures, too many uploads are held in memory, or the daily budget is spent; see Retry-After.',
     example: { detail: 'FaceID is busy; try again shortly' },
   },
   UPSTREAM_TIMEOUT: {
