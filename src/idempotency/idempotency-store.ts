@@ -18,6 +18,8 @@ export type ClaimResult =
  * use case does not know which it talks to.
  */
 export interface IdempotencyStore {
+  /** The record as it stands, without claiming it. */
+  find(key: string): Promise<{ fingerprint: string; answer: StoredAnswer | undefined } | undefined>;
   claim(key: string, fingerprint: string, pendingTtlMs: number): Promise<ClaimResult>;
   complete(key: string, owner: string, fingerprint: string, answer: StoredAnswer, ttlMs: number): Promise<void>;
   /** Gives the key back without an answer (5xx outcomes are not stored). */

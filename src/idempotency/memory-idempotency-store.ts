@@ -33,6 +33,10 @@ export function createMemoryIdempotencyStore(now: () => number = Date.now): Idem
   };
 
   return {
+    async find(key) {
+      const entry = live(key);
+      return entry === undefined ? undefined : { fingerprint: entry.fingerprint, answer: entry.answer };
+    },
     async claim(key, fingerprint, pendingTtlMs): Promise<ClaimResult> {
       const entry = live(key);
       if (entry === undefined) {

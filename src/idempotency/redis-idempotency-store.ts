@@ -25,15 +25,23 @@ export function createRedisIdempotencyStore(redis: Redis): IdempotencyStore {
   const replaceIfOwner = (key: string, owner: string, value: string, ttlMs: number): Promise<unknown> =>
     redis.eval(OWNED_REPLACE, 1, KEY_PREFIX + key, owner, value, String(Math.max(1, Math.round(ttlMs))));
 
+  const read = async (key: string): Promise<Record | undefined> => {
+    const text = await redis.get(KEY_PREFIX + key);
+    return text === null ? undefined : (JSON.parse(text) as Record);
+  };
+
   return {
+    async find(key) {
+      const record = await read(key);
+      return record === undefined ? undefined : { fingerprint: record.fingerprint, answer: record.answer };
+    },
     async claim(key, fingerprint, pendingTtlMs): Promise<ClaimResult> {
       const owner = randomUUID();
       const created = await redis.set(KEY_PREFIX + key, JSON.stringify({ fingerprint, owner }), 'PX', pendingTtlMs, 'NX');
       if (created === 'OK') return { kind: 'claimed', owner };
-      const text = await redis.get(KEY_PREFIX + key);
+      const record = await read(key);
       // Expired between the two commands: nobody holds it now, so it is free to claim again.
-      if (text === null) return { kind: 'in-progress' };
-      const record = JSON.parse(text) as Record;
+      if (record === undefined) return { kind: 'in-progress' };
       if (record.fingerprint !== fingerprint) return { kind: 'mismatch' };
       return record.answer === undefined ? { kind: 'in-progress' } : { kind: 'replay', answer: record.answer };
     },

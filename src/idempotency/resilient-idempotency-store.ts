@@ -16,6 +16,7 @@ export function createResilientIdempotencyStore(shared: IdempotencyStore, local:
     }
   };
   return {
+    find: (key) => withFallback((store) => store.find(key)),
     claim: (key, fingerprint, ttl) => withFallback((store) => store.claim(key, fingerprint, ttl)),
     complete: (key, owner, fingerprint, answer, ttl) => withFallback((store) => store.complete(key, owner, fingerprint, answer, ttl)),
     release: (key, owner) => withFallback((store) => store.release(key, owner)),

@@ -2,7 +2,6 @@ import type { RequestHandler } from 'express';
 import type { Caller } from '../auth/authenticate-caller';
 import { AppError } from '../errors/app-error';
 import type { UserRateLimiter } from '../limits/user-rate-limiter';
-import type { Metrics } from '../observability/metrics';
 
 const POLICY_NAME = 'per-user';
 
@@ -12,18 +11,21 @@ export const rateLimitPolicy = (limiter: UserRateLimiter): string => `"${POLICY_
 /**
  * Spends one request of the caller's window and says so in the IETF headers of
  * draft-ietf-httpapi-ratelimit-headers-10: `RateLimit-Policy: "per-user";q=5;w=60` and
- * `RateLimit: "per-user";r=4;t=60`.
+ * `RateLimit: "per-user";r=4;t=60`. A refused request that carries an Idempotency-Key goes on with the
+ * refusal in `res.locals.rateLimitRefusal`: if it repeats a request already answered, the phone gets its
+ * stored answer back instead of a 429 (the use case decides, once it knows the body).
  */
-export function rateLimit(limiter: UserRateLimiter, metrics: Metrics): RequestHandler {
-  return async (_req, res, next) => {
+export function rateLimit(limiter: UserRateLimiter): RequestHandler {
+  return async (req, res, next) => {
     const caller = res.locals.caller as Caller;
     const decision = await limiter.consume(caller.id);
     res.setHeader('RateLimit', `"${POLICY_NAME}";r=${decision.remaining};t=${decision.resetSeconds}`);
     if (!decision.allowed) {
-      metrics.rateLimitRejections.inc();
-      throw new AppError(429, 'RATE_LIMITED', `at most ${limiter.max} token requests per ${limiter.windowSeconds} s; try again later`, {
+      const refusal = new AppError(429, 'RATE_LIMITED', `at most ${limiter.max} token requests per ${limiter.windowSeconds} s; try again later`, {
         retryAfterSeconds: decision.resetSeconds,
       });
+      if (req.headers['idempotency-key'] === undefined) throw refusal;
+      res.locals.rateLimitRefusal = refusal;
     }
     next();
   };

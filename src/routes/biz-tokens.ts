@@ -32,15 +32,20 @@ export function bizTokenRoutes(deps: BizTokenRouteDeps): Router {
       next();
     },
     authenticate(deps.authenticateCaller),
+    rateLimit(deps.rateLimiter),
     idempotencyKey,
-    rateLimit(deps.rateLimiter, deps.metrics),
     parseMultipart(deps.uploadBudget),
     async (req, res) => {
       const caller = res.locals.caller as Caller;
       let issued: IssuedToken;
       try {
         issued = await issueBizToken(
-          { caller, form: res.locals.form as MultipartForm, idempotencyKey: res.locals.idempotencyKey as string | undefined },
+          {
+            caller,
+            form: res.locals.form as MultipartForm,
+            idempotencyKey: res.locals.idempotencyKey as string | undefined,
+            rateLimitRefusal: res.locals.rateLimitRefusal as AppError | undefined,
+          },
           deps.useCase,
           req.log,
         );
@@ -67,6 +72,7 @@ function recordOutcome(metrics: Metrics, locals: Record<string, unknown>, status
   const error = locals.error as AppError | undefined;
   const code = error?.code ?? (status < 400 ? 'OK' : 'CLIENT_CLOSED');
   metrics.outcomes.inc({ code });
+  if (code === 'RATE_LIMITED') metrics.rateLimitRejections.inc();
   const issued = locals.issued as IssuedToken | undefined;
   const upstreamMs = issued?.upstream?.upstreamMs ?? error?.logContext?.upstreamMs;
   if (typeof upstreamMs === 'number') metrics.upstreamDuration.observe({ outcome: code }, upstreamMs / 1000);

@@ -35,6 +35,8 @@ export interface IssueBizTokenInput {
   caller: Caller;
   form: MultipartForm;
   idempotencyKey: string | undefined;
+  /** The caller's window is spent: only a replay of an answered Idempotency-Key may still be given. */
+  rateLimitRefusal?: AppError | undefined;
 }
 
 export interface IssuedToken {
@@ -50,6 +52,7 @@ export interface IssuedToken {
  */
 export async function issueBizToken(input: IssueBizTokenInput, deps: IssueBizTokenDeps, log: Logger): Promise<IssuedToken> {
   const startedAt = Date.now();
+  if (input.rateLimitRefusal !== undefined) return replayOrRefuse(input, input.rateLimitRefusal, deps);
   const request = validateTokenRequest(input.form, { policy: deps.policy, clientSendsUuid: deps.authMode === 'none' });
 
   const claim = input.idempotencyKey === undefined ? undefined : await claimKey(input, deps);
@@ -79,7 +82,7 @@ interface HeldClaim {
 }
 
 async function claimKey(input: IssueBizTokenInput, deps: IssueBizTokenDeps): Promise<HeldClaim | { kind: 'replay'; answer: StoredAnswer }> {
-  const key = `${input.caller.id}:${createHash('sha256').update(input.idempotencyKey ?? '').digest('hex')}`;
+  const key = recordKey(input);
   const fingerprint = fingerprintOf(input.form);
   const giveUpAt = Date.now() + deps.idempotencyWaitMs;
   for (;;) {
@@ -90,9 +93,7 @@ async function claimKey(input: IssueBizTokenInput, deps: IssueBizTokenDeps): Pro
       case 'replay':
         return result;
       case 'mismatch':
-        throw new AppError(409, 'IDEMPOTENCY_KEY_REUSED', 'this Idempotency-Key was used with a different request body', {
-          param: 'Idempotency-Key',
-        });
+        throw keyReused();
       case 'in-progress':
         if (Date.now() >= giveUpAt) {
           throw new AppError(409, 'IDEMPOTENCY_KEY_REUSED', 'a request with this Idempotency-Key is still being answered; retry later', {
@@ -103,6 +104,20 @@ async function claimKey(input: IssueBizTokenInput, deps: IssueBizTokenDeps): Pro
         await new Promise((resolve) => setTimeout(resolve, IDEMPOTENCY_POLL_MS));
     }
   }
+}
+
+const recordKey = (input: IssueBizTokenInput): string =>
+  `${input.caller.id}:${createHash('sha256').update(input.idempotencyKey ?? '').digest('hex')}`;
+
+const keyReused = (): AppError =>
+  new AppError(409, 'IDEMPOTENCY_KEY_REUSED', 'this Idempotency-Key was used with a different request body', { param: 'Idempotency-Key' });
+
+/** Over the limit, a repeat of an answered request still gets its answer; anything else gets the 429. */
+async function replayOrRefuse(input: IssueBizTokenInput, refusal: AppError, deps: IssueBizTokenDeps): Promise<IssuedToken> {
+  const record = input.idempotencyKey === undefined ? undefined : await deps.idempotency.find(recordKey(input));
+  if (record?.answer === undefined) throw refusal;
+  if (record.fingerprint !== fingerprintOf(input.form)) throw keyReused();
+  return replay(record.answer);
 }
 
 /** Client errors are answers too and are replayed; 5xx outcomes are not kept, so a retry can succeed. */
