@@ -14,6 +14,9 @@ import { resolveUpstream } from './sandbox/embedded-sandbox';
  */
 export const SERVER_TIMEOUTS = { headersTimeoutMs: 15_000, requestTimeoutMs: 120_000, keepAliveTimeoutMs: 65_000 } as const;
 
+/** Node checks the timeouts above only every 30 s by default; once a second keeps them close to their values. */
+const SERVER_OPTIONS: http.ServerOptions = { connectionsCheckingInterval: 1_000 };
+
 export interface RunningServer {
   port: number;
   metricsPort: number | undefined;
@@ -24,14 +27,14 @@ export interface RunningServer {
 export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
   const upstream = await resolveUpstream(config, log);
   const service = createService(upstream.config, upstream.credentials, log);
-  const server = applyTimeouts(http.createServer(service.app));
+  const server = applyTimeouts(http.createServer(SERVER_OPTIONS, service.app));
   await listen(server, config.port);
   let metricsServer: http.Server | undefined;
   if (config.metricsPort !== undefined) {
     const metricsApp = express();
     metricsApp.disable('x-powered-by');
     metricsApp.get('/metrics', metricsHandler(service.metrics));
-    metricsServer = applyTimeouts(http.createServer(metricsApp));
+    metricsServer = applyTimeouts(http.createServer(SERVER_OPTIONS, metricsApp));
     await listen(metricsServer, config.metricsPort);
   }
   const port = (server.address() as AddressInfo).port;
@@ -91,8 +94,8 @@ export function maskedConfig(config: Config): Record<string, unknown> {
 }
 
 async function main(): Promise<void> {
-  let config: Config;
   const bootLog = createLogger('info');
+  let config: Config;
   try {
     config = loadConfig(process.env);
   } catch (error) {
@@ -102,19 +105,23 @@ async function main(): Promise<void> {
     return;
   }
   const log = createLogger(config.logLevel);
-  const running = await startServer(config, log);
+  // Listening for signals before starting: a SIGTERM during start-up waits for it, then stops cleanly.
+  const starting = startServer(config, log);
   const onSignal = (signal: NodeJS.Signals): void => {
     log.info({ signal }, 'signal received');
-    running.stop().then(
-      () => process.exit(0),
-      (error: unknown) => {
-        log.error({ err: error }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
+    starting
+      .then((running) => running.stop())
+      .then(
+        () => process.exit(0),
+        (error: unknown) => {
+          log.error({ err: error }, 'shutdown failed');
+          process.exit(1);
+        },
+      );
   };
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
+  await starting;
 }
 
 if (require.main === module) void main();

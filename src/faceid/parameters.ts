@@ -9,11 +9,12 @@ import type { ComparisonType, LivenessType } from '../config/load-config';
  */
 
 const utf8Bytes = (text: string): number => Buffer.byteLength(text, 'utf8');
+/** The exact decimal spellings FaceID accepts, so the JSON Schema in the OpenAPI document is exact too. */
 const decimal = (min: number, max: number) =>
-  z
-    .string()
-    .regex(/^(0|[1-9]\d{0,5})$/, `must be a whole number from ${min} to ${max}`)
-    .refine((text) => Number(text) >= min && Number(text) <= max, `must be a whole number from ${min} to ${max}`);
+  z.enum(
+    Array.from({ length: max - min + 1 }, (_, index) => String(min + index)),
+    { error: `must be a whole number from ${min} to ${max}` },
+  );
 const flag = (meaning: string) => z.enum(['0', '1'], { error: 'must be "0" or "1"' }).describe(meaning);
 const maxBytes = (limit: number) =>
   z

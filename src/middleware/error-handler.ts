@@ -13,6 +13,8 @@ export const errorHandler: ErrorRequestHandler = (error: unknown, _req, res, nex
   }
   const appError = toAppError(error);
   res.locals.error = appError;
+  // The request log line of a 5xx shows this error: the real cause of a bug, the AppError otherwise.
+  if (appError.status >= 500) res.err = appError.code === 'INTERNAL_ERROR' && appError.cause instanceof Error ? appError.cause : appError;
   if (appError.retryAfterSeconds !== undefined) res.setHeader('Retry-After', String(appError.retryAfterSeconds));
   if (appError.status === 401) res.setHeader('WWW-Authenticate', 'Bearer');
   res

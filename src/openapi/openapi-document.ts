@@ -117,6 +117,10 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
       '/openapi.json': { get: { summary: 'This document', responses: { '200': { description: 'OpenAPI 3.1', content: { 'application/json': { schema: { type: 'object' } } } } } } },
     },
     components: {
+      responses: {
+        // Any route the service does not have; no operation lists it, so it stands here once.
+        NotFound: problemResponse(['NOT_FOUND']),
+      },
       securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'The app user\'s JWT; its `sub` is the user.' } },
       headers: {
         'X-Request-Id': { description: 'The request\'s id, echoed or generated; quote it when reporting a problem.', schema: { type: 'string' } },

@@ -124,7 +124,8 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
     const problem = checkSign(parsed) ?? checkParameters(parsed);
     const scenario = pickScenario(parsed.fields.get('biz_no')?.[0]);
     const latencyMs = scenario?.latencyMs || options.latencyMs;
-    if (latencyMs > 0) await new Promise((resolve) => setTimeout(resolve, latencyMs));
+    // unref: a delayed answer must not keep a closed sandbox's process alive.
+    if (latencyMs > 0) await new Promise((resolve) => setTimeout(resolve, latencyMs).unref());
     if (problem !== undefined) return send(res, problem);
     const outcome = scenario?.outcome;
     switch (outcome) {
