@@ -58,8 +58,11 @@ describe('loadConfig defaults', () => {
       maxRetries: 2,
       maxConcurrency: 32,
       queueTimeoutMs: 2_000,
+      breakerFailures: 5,
+      breakerOpenMs: 10_000,
       dailyBudget: undefined,
     });
+    expect(config.uploads).toEqual({ memoryBytes: 64 * 1024 * 1024, queueTimeoutMs: 10_000 });
     expect(config.rateLimit).toEqual({ max: 5, windowSeconds: 60 });
     expect(config.policy).toEqual({
       livenessTypes: ['meglive', 'still', 'raw_image'],
