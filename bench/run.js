@@ -113,24 +113,40 @@ function startPinned(command, args, env, logFile) {
   return child;
 }
 
-/** The pid of the real server (taskset execs it, so it is the child's own pid). */
+/** A server and its children (nginx's worker does nginx's work); taskset execs, so the pid is the server's. */
+function processTree(pid) {
+  let children = [];
+  try {
+    children = execFileSync('pgrep', ['-P', String(pid)]).toString().split('\n').filter(Boolean).map(Number);
+  } catch {
+    // no children
+  }
+  return [pid, ...children];
+}
+
 function cpuSeconds(pid) {
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  return processTree(pid).reduce((sum, one) => {
+    const fields = fs.readFileSync(`/proc/${one}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+    return sum + (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  }, 0);
 }
 
 function resetPeakRss(pid) {
-  try {
-    fs.writeFileSync(`/proc/${pid}/clear_refs`, '5');
-    return true;
-  } catch {
-    return false;
+  for (const one of processTree(pid)) {
+    try {
+      fs.writeFileSync(`/proc/${one}/clear_refs`, '5');
+    } catch {
+      // older kernels: the peak is then since start
+    }
   }
 }
 
+/** Peak resident memory, summed over the server's processes. */
 function peakRssMiB(pid) {
-  const line = fs.readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((text) => text.startsWith('VmHWM:'));
-  return Number(line?.replace(/\D+/g, '') ?? 0) / 1024;
+  return processTree(pid).reduce((sum, one) => {
+    const line = fs.readFileSync(`/proc/${one}/status`, 'utf8').split('\n').find((text) => text.startsWith('VmHWM:'));
+    return sum + Number(line?.replace(/\D+/g, '') ?? 0) / 1024;
+  }, 0);
 }
 
 function nginxPath() {
@@ -176,7 +192,7 @@ events { worker_connections 1024; }
 http { access_log off; client_max_body_size 25m; client_body_buffer_size 1m; proxy_request_buffering on;
   upstream sandbox { server 127.0.0.1:${sandboxPort}; keepalive 64; }
   server { listen 127.0.0.1:${nginxPort};
-    location / { proxy_pass http://sandbox/faceid/v3/sdk/get_biz_token; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+    location = /v1/biz-tokens { proxy_pass http://sandbox/faceid/v3/sdk/get_biz_token; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 `);
     const proxy = startPinned(nginx, ['-c', conf, '-p', work], {}, path.join(work, 'nginx.log'));
     children.push(proxy);
@@ -207,6 +223,7 @@ http { access_log off; client_max_body_size 25m; client_body_buffer_size 1m; pro
     const ok = result['2xx'];
     return {
       reqPerSec: ok / duration,
+      mean: result.latency.mean,
       p50: result.latency.p50,
       p99: result.latency.p99,
       errors: result.errors + result.non2xx + result.timeouts,
@@ -235,7 +252,8 @@ http { access_log off; client_max_body_size 25m; client_body_buffer_size 1m; pro
   // Below saturation: what the service adds to one request's latency.
   const single = {};
   for (let round = 0; round < ROUNDS; round += 1) {
-    for (const target of targets.slice(0, 2)) (single[target.name] ??= []).push((await run(target, bodies[0], 1, DURATION_S)).p50);
+    // The mean, not p50: autocannon's percentiles are whole milliseconds, too coarse for this.
+    for (const target of targets.slice(0, 2)) (single[target.name] ??= []).push((await run(target, bodies[0], 1, DURATION_S)).mean);
   }
 
   const serviceLog = fs.readFileSync(path.join(work, 'service.log'), 'utf8');
@@ -281,7 +299,7 @@ function writeReport({ targets, bodies, samples, single, rssGrowth, nginx }) {
   const serviceP50 = median(single['through the service'] ?? []);
   lines.push(
     '',
-    `Added latency at 1 connection, ${bodies[0].name}: p50 direct ${fixed(directP50, 2)} ms, through the service ${fixed(serviceP50, 2)} ms, added ${directP50 === undefined || serviceP50 === undefined ? 'n/a' : (serviceP50 - directP50).toFixed(2)} ms.`,
+    `Added latency at 1 connection, ${bodies[0].name} (median of the rounds' mean latency): direct ${fixed(directP50, 2)} ms, through the service ${fixed(serviceP50, 2)} ms, added ${directP50 === undefined || serviceP50 === undefined ? 'n/a' : (serviceP50 - directP50).toFixed(2)} ms.`,
     '',
     `Peak RSS of the service in each round of 64 connections with the large body: ${rssGrowth.map((value) => fixed(value)).join(', ')} MiB (growth across rounds would mean a leak).`,
     '',

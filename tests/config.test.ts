@@ -62,7 +62,7 @@ describe('loadConfig defaults', () => {
       breakerOpenMs: 10_000,
       dailyBudget: undefined,
     });
-    expect(config.uploads).toEqual({ memoryBytes: 64 * 1024 * 1024, queueTimeoutMs: 10_000 });
+    expect(config.uploads).toEqual({ memoryBytes: 32 * 1024 * 1024, queueTimeoutMs: 10_000 });
     expect(config.rateLimit).toEqual({ max: 5, windowSeconds: 60 });
     expect(config.policy).toEqual({
       livenessTypes: ['meglive', 'still', 'raw_image'],
