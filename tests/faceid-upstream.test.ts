@@ -13,6 +13,7 @@ import {
   validIdcardForm,
   type TestService,
   type TokenForm,
+  cleanupAfter,
 } from './helpers/test-service';
 
 /**
@@ -21,16 +22,7 @@ import {
  * @see ../shared/CONTRACT.md sections 2 and 4
  */
 
-const opened: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const close of opened.splice(0).reverse()) await close();
-});
-
-async function start(env: Record<string, string> = {}): Promise<TestService> {
-  const target = await startTestService(env);
-  opened.push(target.close);
-  return target;
-}
+const { start, defer } = cleanupAfter(afterEach);
 
 /** The valid comparison_type 0 / meglive form with a sandbox directive in biz_no. */
 function withBizNo(bizNo: string, form: Required<TokenForm> = validForm()): Required<TokenForm> {
@@ -173,9 +165,9 @@ describe('FaceID rejects the service itself: 502 UPSTREAM_REJECTED, details only
 
   test('when FACEID_BASE_URL has a wrong path, then the real 404 API_NOT_FOUND becomes 502 UPSTREAM_REJECTED', async () => {
     const sandbox = await startTestSandbox();
-    opened.push(() => sandbox.close());
+    defer(() => sandbox.close());
     const target = await startTestService({ FACEID_BASE_URL: `${sandbox.url}/nope` }, sandbox);
-    opened.push(target.close);
+    defer(target.close);
     const response = await postToken(target, validForm());
     expectProblem(response, 502, 'UPSTREAM_REJECTED');
     expectNoLeak(response, target);
@@ -241,7 +233,7 @@ describe('FaceID broken or unreachable: 502 UPSTREAM_ERROR / 504 UPSTREAM_TIMEOU
       });
     });
     await new Promise<void>((resolve) => tooLarge.listen(0, '127.0.0.1', resolve));
-    opened.push(
+    defer(
       () =>
         new Promise<void>((resolve) => {
           tooLarge.closeAllConnections();

@@ -7,7 +7,7 @@ import { ERROR_CATALOG } from '../src/errors/error-catalog';
 import { PARAMETERS } from '../src/faceid/parameters';
 import { SERVER_OWNED } from '../src/token-request/validate-token-request';
 import { jpeg } from './fixtures/images';
-import { postToken, signToken, startTestService, validForm, validIdcardForm, type TestService, type TokenForm } from './helpers/test-service';
+import { postToken, signToken, validForm, validIdcardForm, type TestService, type TokenForm, cleanupAfter } from './helpers/test-service';
 
 /**
  * Issue 4 item 5: /openapi.json is valid OpenAPI 3.1 (checked by @readme/openapi-parser), documents the
@@ -16,16 +16,7 @@ import { postToken, signToken, startTestService, validForm, validIdcardForm, typ
 
 type Json = Record<string, unknown>;
 
-const opened: Array<() => Promise<unknown>> = [];
-afterAll(async () => {
-  for (const close of opened.splice(0).reverse()) await close();
-});
-
-async function start(env: Record<string, string> = {}): Promise<TestService> {
-  const target = await startTestService(env);
-  opened.push(target.close);
-  return target;
-}
+const { start, defer } = cleanupAfter(afterAll);
 
 async function documentOf(target: TestService): Promise<Json> {
   const response = await target.http().get('/openapi.json');
@@ -227,7 +218,7 @@ describe('real answers of the running app match the document', () => {
   test('when the body is announced larger than 20 MB, then the 413 problem is documented', async () => {
     const server = http.createServer(target.service.app);
     await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
-    opened.push(() => new Promise<void>((done) => server.close(() => done())));
+    defer(() => new Promise<void>((done) => server.close(() => done())));
     const { port } = server.address() as AddressInfo;
     const authorization = `Bearer ${await signToken()}`;
     const response = await new Promise<{ status: number; headers: Record<string, unknown>; body: unknown }>((done, fail) => {

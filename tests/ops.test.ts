@@ -13,11 +13,11 @@ import {
   SANDBOX_SECRET,
   signToken,
   startTestSandbox,
-  startTestService,
   TEST_JWT_SECRET,
   validForm,
   validIdcardForm,
   type TestService,
+  cleanupAfter,
 } from './helpers/test-service';
 
 /**
@@ -26,20 +26,11 @@ import {
  * @see ../shared/CONTRACT.md section 5
  */
 
-const opened: Array<() => Promise<unknown>> = [];
-afterAll(async () => {
-  for (const close of opened.splice(0).reverse()) await close();
-});
-
-async function start(env: Record<string, string> = {}): Promise<TestService> {
-  const target = await startTestService(env);
-  opened.push(target.close);
-  return target;
-}
+const { start, defer } = cleanupAfter(afterAll);
 
 async function startChild(env: Record<string, string>): Promise<ChildService> {
   const child = await startChildService(env);
-  opened.push(() => child.stop('SIGKILL'));
+  defer(() => child.stop('SIGKILL'));
   return child;
 }
 
@@ -347,7 +338,7 @@ describe('server timeouts against slow clients', () => {
   /** The http.Server instances startServer creates, observed (not replaced) through a call-through spy. */
   async function serversOfStartServer(): Promise<http.Server[]> {
     const sandbox = await startTestSandbox();
-    opened.push(() => sandbox.close());
+    defer(() => sandbox.close());
     const spy = jest.spyOn(http, 'createServer');
     try {
       const config = loadConfig({
@@ -360,7 +351,7 @@ describe('server timeouts against slow clients', () => {
         FACEID_API_SECRET: SANDBOX_SECRET,
       });
       const running = await startServer(config, createLogger('silent', captureLog().destination));
-      opened.push(() => running.stop());
+      defer(() => running.stop());
       return spy.mock.results.map((result) => result.value as http.Server);
     } finally {
       spy.mockRestore();

@@ -123,3 +123,25 @@ export async function postToken(
 }
 
 export const uniquePrefix = (): string => `test-${randomUUID().slice(0, 8)}:`;
+
+/**
+ * Cleanup that runs after each test or after all of them (as the given jest hook runs), whatever the tests
+ * did: `start` starts a service and registers its close; `defer` registers any other close.
+ */
+export function cleanupAfter(after: (hook: () => Promise<void>) => void): {
+  start: (env?: Record<string, string>) => Promise<TestService>;
+  defer: (close: () => Promise<unknown> | unknown) => void;
+} {
+  const opened: Array<() => Promise<unknown> | unknown> = [];
+  after(async () => {
+    for (const close of opened.splice(0).reverse()) await close();
+  });
+  return {
+    defer: (close) => void opened.push(close),
+    start: async (env = {}) => {
+      const target = await startTestService(env);
+      opened.push(target.close);
+      return target;
+    },
+  };
+}
