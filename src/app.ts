@@ -74,6 +74,11 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', config.trustProxy);
+  app.use((_req, res, next) => {
+    // While draining for shutdown, every answer closes its connection.
+    if (shuttingDown) res.setHeader('Connection', 'close');
+    next();
+  });
   app.use(requestId);
   app.use(requestLogging(logger));
   app.use(measureRequests(metrics));

@@ -46,12 +46,16 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       service.beginShutdown();
       log.info({ timeoutMs: config.shutdownTimeoutMs }, 'shutting down: finishing in-flight requests');
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // Keep-alive sockets outlive server.close(): each one is closed as soon as its last answer is out
+      // (new answers say `Connection: close`, see app.ts), so a pooled client cannot keep the drain open.
       server.closeIdleConnections();
+      const sweep = setInterval(() => server.closeIdleConnections(), 100);
       const timer = setTimeout(() => {
         log.warn('shutdown timeout: closing the connections still open');
         server.closeAllConnections();
       }, config.shutdownTimeoutMs);
       await closed;
+      clearInterval(sweep);
       clearTimeout(timer);
       metricsServer?.closeAllConnections();
       await new Promise<void>((resolve) => (metricsServer === undefined ? resolve() : metricsServer.close(() => resolve())));
@@ -82,7 +86,7 @@ function listen(server: http.Server, port: number): Promise<void> {
 }
 
 /** The effective configuration for the start-up log line, with every secret replaced by whether it is set. */
-export function maskedConfig(config: Config): Record<string, unknown> {
+function maskedConfig(config: Config): Record<string, unknown> {
   const { credentials, ...faceid } = config.faceid;
   const { jwtSecret, publicKeyPem, uuidSalt, ...auth } = config.auth;
   return {
@@ -106,7 +110,12 @@ async function main(): Promise<void> {
   }
   const log = createLogger(config.logLevel);
   // Listening for signals before starting: a SIGTERM during start-up waits for it, then stops cleanly.
-  const starting = startServer(config, log);
+  const starting = startServer(config, log).catch((error: unknown) => {
+    // A port in use, a key the config could not vet: one fatal line, not an unhandled rejection.
+    if (error instanceof ConfigError) log.fatal({ problems: error.problems }, 'invalid configuration; not starting');
+    else log.fatal({ err: error }, 'could not start');
+    return process.exit(1);
+  });
   const onSignal = (signal: NodeJS.Signals): void => {
     log.info({ signal }, 'signal received');
     starting

@@ -103,6 +103,13 @@ describe('HS256 shared secret (AUTH_JWT_SECRET)', () => {
     await expectUnauthenticated(target, '');
   });
 
+  test('when the scheme is written in lower case, then the token is still accepted (schemes are case-insensitive)', async () => {
+    const before = target.sandbox.received.length;
+    const response = await postToken(target, validForm(), { Authorization: `bearer ${await signToken()}` });
+    expect(response.status).toBe(201);
+    expect(target.sandbox.received.length).toBe(before + 1);
+  });
+
   test('when the Authorization scheme is Basic, then it answers 401', async () => {
     await expectUnauthenticated(target, `Basic ${Buffer.from('user:password').toString('base64')}`);
   });

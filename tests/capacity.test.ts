@@ -77,6 +77,38 @@ describe('the circuit breaker', () => {
     expect(target.sandbox.received).toHaveLength(3);
   });
 
+  test('when FaceID keeps refusing the service\'s credentials, then callers keep seeing 502 UPSTREAM_REJECTED and the breaker stays closed', async () => {
+    target.sandbox.setScenario({ outcome: 'API_KEY_BE_DISCONTINUED', times: undefined, latencyMs: 0 });
+    for (let index = 0; index < 4; index += 1) {
+      const answer = await postToken(target);
+      expect([answer.status, answer.body.code]).toEqual([502, 'UPSTREAM_REJECTED']);
+    }
+    expect(await metric()).toBe('0');
+  });
+
+  test('when the breaker fails requests fast, then they spend none of the daily budget', async () => {
+    const budgeted = await startTestService({
+      FACEID_BREAKER_FAILURES: '2',
+      FACEID_BREAKER_OPEN_MS: '400',
+      FACEID_MAX_RETRIES: '0',
+      FACEID_DAILY_BUDGET: '3',
+    });
+    try {
+      budgeted.sandbox.setScenario({ outcome: 'INTERNAL_ERROR', times: 2, latencyMs: 0 });
+      expect((await postToken(budgeted)).status).toBe(502);
+      expect((await postToken(budgeted)).status).toBe(502);
+      for (let index = 0; index < 3; index += 1) expect((await postToken(budgeted)).status).toBe(503);
+      await new Promise((resolve) => setTimeout(resolve, 450));
+      // Two calls reached FaceID; the third of the budget is still there for the probe.
+      expect((await postToken(budgeted)).status).toBe(201);
+      const spent = await postToken(budgeted);
+      expect([spent.status, spent.body.code]).toEqual([503, 'UPSTREAM_BUSY']);
+      expect(budgeted.sandbox.received).toHaveLength(3);
+    } finally {
+      await budgeted.close();
+    }
+  });
+
   test('when FaceID answers client errors such as NO_FACE_FOUND, then the breaker stays closed', async () => {
     for (let index = 0; index < 4; index += 1) expect((await postToken(target, withBizNo('sandbox:NO_FACE_FOUND'))).status).toBe(400);
     expect((await postToken(target)).status).toBe(201);
@@ -86,6 +118,8 @@ describe('the circuit breaker', () => {
 
 describe('memory bounds', () => {
   let target: TestService;
+  const reservedBytes = async (): Promise<number> =>
+    Number(/^upload_memory_reserved_bytes (\d+)$/m.exec((await target.http().get('/metrics')).text)?.[1]);
   let server: http.Server;
   let port: number;
   beforeAll(async () => {
@@ -181,5 +215,30 @@ describe('memory bounds', () => {
     holder.destroy();
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect((await postToken(target, validForm())).status).toBe(201);
+  });
+
+  test('when a client gives up while its upload waits for memory, then its reservation is not kept once granted', async () => {
+    const token = await signToken();
+    const announce = (bytes: number): http.ClientRequest => {
+      const request = http.request({
+        port,
+        method: 'POST',
+        path: '/v1/biz-tokens',
+        headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'multipart/form-data; boundary=x', 'Content-Length': String(bytes) },
+      });
+      request.on('error', () => undefined);
+      request.flushHeaders();
+      return request;
+    };
+    const holder = announce(12 * 1024 * 1024);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const quitter = announce(12 * 1024 * 1024);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    quitter.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    holder.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    // Both gone: nothing may stay reserved, or the budget would shrink with every phone that gives up.
+    expect(await reservedBytes()).toBe(0);
   });
 });

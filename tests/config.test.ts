@@ -271,6 +271,10 @@ describe('loadConfig auth key sources', () => {
     expectProblemFor({ AUTH_JWT_PUBLIC_KEY: PEM, AUTH_JWKS_URL: 'https://idp.example.test/jwks.json' }, '(AUTH_JWT_SECRET|AUTH_JWT_PUBLIC_KEY|AUTH_JWKS_URL|AUTH_MODE)');
   });
 
+  test('when AUTH_JWT_PUBLIC_KEY is not a PEM public key, then it is named at load, not at the first request', () => {
+    expectProblemFor({ AUTH_JWT_PUBLIC_KEY: '-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----' }, 'AUTH_JWT_PUBLIC_KEY');
+  });
+
   test('when AUTH_MODE=jwt is set without a key source, then AUTH_MODE is named', () => {
     expectProblemFor({ AUTH_MODE: 'jwt' }, 'AUTH_MODE');
   });

@@ -131,6 +131,25 @@ describe('graceful shutdown of the real process', () => {
     expect(Date.parse(String(requestLine?.time))).toBeLessThanOrEqual(Date.parse(String(stoppedLine?.time)));
   }, 15_000);
 
+  test('when the in-flight request came over a keep-alive connection, then the process exits as soon as it is answered, not at SHUTDOWN_TIMEOUT_MS', async () => {
+    const sandbox = await sandboxWithLatency(800);
+    const child = await serviceAgainst(sandbox, { SHUTDOWN_TIMEOUT_MS: '8000' });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    opened.push(async () => agent.destroy());
+    const form = validForm();
+    let request = supertest(child.url).post('/v1/biz-tokens').agent(agent).set('Authorization', `Bearer ${await signToken()}`);
+    for (const [name, value] of Object.entries(form.fields)) request = request.field(name, value);
+    for (const [name, bytes] of Object.entries(form.files)) request = request.attach(name, bytes, { filename: `${name}.jpg`, contentType: 'image/jpeg' });
+    const answer = request.then((response) => response);
+    await sleep(300);
+    const signalled = Date.now();
+    child.process.kill('SIGTERM');
+    expect((await answer).status).toBe(201);
+    expect(await child.exited).toBe(0);
+    // Without closing the pooled socket the drain would wait the whole 8 s.
+    expect(Date.now() - signalled).toBeLessThan(3_000);
+  });
+
   test('when SIGINT arrives on an idle service, then it stops and exits 0', async () => {
     const sandbox = await sandboxWithLatency(0);
     const child = await serviceAgainst(sandbox);

@@ -1,3 +1,5 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type supertest from 'supertest';
@@ -273,5 +275,42 @@ describe('FACEID_DAILY_BUDGET through Redis', () => {
     expect(sandbox.received.length).toBe(2);
     expect(budgetWarnings(a)).toHaveLength(1);
     expect(budgetWarnings(b)).toHaveLength(1);
+  });
+});
+
+describe('a spent caller with an Idempotency-Key', () => {
+  test('when the key holds no answer, then the 429 comes before the body is read', async () => {
+    const target = await startTestService({ RATE_LIMIT_MAX: '1' });
+    const server = target.service.app.listen(0);
+    try {
+      await new Promise((resolve) => server.once('listening', resolve));
+      const token = await signToken({ sub: `spent-${Date.now()}` });
+      expect((await postToken(target, validForm(), { Authorization: `Bearer ${token}` })).status).toBe(201);
+      // Announces 5 MB and sends none of it: only an answer that needs no body can arrive.
+      const status = await new Promise<number>((resolve, reject) => {
+        const request = http.request({
+          port: (server.address() as AddressInfo).port,
+          method: 'POST',
+          path: '/v1/biz-tokens',
+          headers: {
+            Authorization: `Bearer ${token}`,
+            'Idempotency-Key': 'never-used-before',
+            'Content-Type': 'multipart/form-data; boundary=x',
+            'Content-Length': String(5 * 1024 * 1024),
+          },
+        });
+        request.on('response', (response) => {
+          resolve(response.statusCode ?? 0);
+          request.destroy();
+        });
+        request.on('error', reject);
+        request.flushHeaders();
+      });
+      expect(status).toBe(429);
+    } finally {
+      server.closeAllConnections();
+      server.close();
+      await target.close();
+    }
   });
 });

@@ -1,5 +1,5 @@
 import { createHmac, createPublicKey, type KeyObject } from 'node:crypto';
-import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTVerifyGetKey } from 'jose';
+import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTVerifyResult } from 'jose';
 import type { Logger } from 'pino';
 import type { Config } from '../config/load-config';
 import { ConfigError } from '../config/load-config';
@@ -29,16 +29,15 @@ export function createCallerAuthenticator(auth: Config['auth'], log: Logger): Au
     return async (_authorization, clientIp) => ({ id: pseudonym(`ip:${clientIp}`), uuid: undefined });
   }
 
-  const { key, algorithms } = verificationKey(auth);
+  const verify = verifier(auth);
   const unauthenticated = (detail: string): AppError => new AppError(401, 'UNAUTHENTICATED', detail);
 
   return async (authorization) => {
-    const token = /^Bearer ([A-Za-z0-9_\-.]+)$/.exec(authorization ?? '')?.[1];
+    // The scheme name is case-insensitive (RFC 9110 section 11.1).
+    const token = /^Bearer ([A-Za-z0-9_\-.]+)$/i.exec(authorization ?? '')?.[1];
     if (token === undefined) throw unauthenticated('send a JWT as `Authorization: Bearer <token>`');
     try {
-      const { payload } = await (typeof key === 'function'
-        ? jwtVerify(token, key, verifyOptions(auth, algorithms))
-        : jwtVerify(token, key, verifyOptions(auth, algorithms)));
+      const { payload } = await verify(token);
       if (typeof payload.sub !== 'string' || payload.sub.length === 0) throw unauthenticated('the token has no subject');
       const id = pseudonym(`sub:${payload.sub}`);
       return { id, uuid: id };
@@ -51,29 +50,27 @@ export function createCallerAuthenticator(auth: Config['auth'], log: Logger): Au
   };
 }
 
-function verifyOptions(auth: Config['auth'], algorithms: string[]) {
-  return {
+/** The verification chosen once at start-up: which key, which algorithms, which claims. */
+function verifier(auth: Config['auth']): (token: string) => Promise<JWTVerifyResult> {
+  const options = (algorithms: string[]) => ({
     algorithms,
     issuer: auth.issuer,
     audience: auth.audience,
     clockTolerance: auth.clockToleranceSeconds,
     requiredClaims: ['sub', 'exp'],
-  };
-}
-
-function verificationKey(auth: Config['auth']): { key: Uint8Array | KeyObject | JWTVerifyGetKey; algorithms: string[] } {
-  if (auth.jwtSecret !== undefined) return { key: new TextEncoder().encode(auth.jwtSecret), algorithms: ['HS256'] };
+  });
+  if (auth.jwtSecret !== undefined) {
+    const secret = new TextEncoder().encode(auth.jwtSecret);
+    return (token) => jwtVerify(token, secret, options(['HS256']));
+  }
   if (auth.jwksUrl !== undefined) {
-    return { key: createRemoteJWKSet(new URL(auth.jwksUrl), JWKS_OPTIONS), algorithms: ASYMMETRIC_ALGORITHMS };
+    const keySet = createRemoteJWKSet(new URL(auth.jwksUrl), JWKS_OPTIONS);
+    return (token) => jwtVerify(token, keySet, options(ASYMMETRIC_ALGORITHMS));
   }
   if (auth.publicKeyPem !== undefined) {
-    let key: KeyObject;
-    try {
-      key = createPublicKey(auth.publicKeyPem);
-    } catch {
-      throw new ConfigError(['AUTH_JWT_PUBLIC_KEY: not a PEM public key']);
-    }
-    return { key, algorithms: algorithmsFor(key) };
+    const key = createPublicKey(auth.publicKeyPem);
+    const algorithms = algorithmsFor(key);
+    return (token) => jwtVerify(token, key, options(algorithms));
   }
   throw new ConfigError(['AUTH_MODE: `jwt` needs a key source']);
 }

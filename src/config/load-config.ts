@@ -1,3 +1,4 @@
+import { createPublicKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { envSchema, type Env } from './schema';
@@ -112,6 +113,9 @@ export function loadConfig(source: NodeJS.ProcessEnv): Config {
         : 'AUTH_JWT_SECRET: set only one of AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY, AUTH_JWKS_URL',
     );
   }
+  if (env.AUTH_JWT_PUBLIC_KEY !== undefined && !isPublicKey(env.AUTH_JWT_PUBLIC_KEY)) {
+    problems.push('AUTH_JWT_PUBLIC_KEY: not a PEM public key');
+  }
   if (production && env.UUID_SALT === undefined) {
     problems.push('UUID_SALT: required in production (it keeps the user ids sent to FaceID pseudonymous)');
   }
@@ -173,6 +177,15 @@ export function loadConfig(source: NodeJS.ProcessEnv): Config {
     docsEnabled: env.DOCS_ENABLED,
     shutdownTimeoutMs: env.SHUTDOWN_TIMEOUT_MS,
   };
+}
+
+function isPublicKey(pem: string): boolean {
+  try {
+    createPublicKey(pem.replace(/\\n/g, '\n'));
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function readApiSecret(env: Env, problems: string[]): string | undefined {

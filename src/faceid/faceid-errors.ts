@@ -15,7 +15,7 @@ type Mapping =
   /** FaceID refuses the service itself: an operator problem, so the caller gets no detail. */
   | { kind: 'rejected' };
 
-export const FACEID_ERROR_TABLE: Readonly<Record<string, Mapping>> = {
+const FACEID_ERROR_TABLE: Readonly<Record<string, Mapping>> = {
   MISSING_ARGUMENTS: { kind: 'client-field', status: 400, code: 'MISSING_ARGUMENTS' },
   BAD_ARGUMENTS: { kind: 'client-field', status: 400, code: 'BAD_ARGUMENTS' },
   IMAGE_ERROR_UNSUPPORTED_FORMAT: { kind: 'client-field', status: 400, code: 'IMAGE_ERROR_UNSUPPORTED_FORMAT' },
@@ -67,13 +67,13 @@ export function parseFaceIdError(httpStatus: number, error: string): FaceIdFailu
   return { httpStatus, error, code: match?.[1] ?? error.trim(), detail: (match?.[2] ?? '').trim() };
 }
 
-export function mappingOf(failure: FaceIdFailure): Mapping | undefined {
+function mappingOf(failure: FaceIdFailure): Mapping | undefined {
   return FACEID_ERROR_TABLE[`${failure.code}: ${failure.detail}`] ?? FACEID_ERROR_TABLE[failure.code];
 }
 
 export const isRetryable = (failure: FaceIdFailure): boolean => mappingOf(failure)?.kind === 'retry';
 
-export const BUSY_RETRY_AFTER_SECONDS = 1;
+const BUSY_RETRY_AFTER_SECONDS = 1;
 
 export const upstreamError = (detail: string, logContext: Record<string, unknown>): AppError =>
   new AppError(502, 'UPSTREAM_ERROR', 'FaceID could not issue a token; try again later', { logContext: { ...logContext, reason: detail } });

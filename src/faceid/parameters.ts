@@ -65,8 +65,8 @@ export interface FileParameterRule extends ParameterRuleBase {
 }
 export type ParameterRule = TextParameterRule | FileParameterRule;
 
-export const LIVENESS_TYPES = ['meglive', 'still', 'raw_image'] as const;
-export const COMPARISON_TYPES = ['0', '1'] as const;
+const LIVENESS_TYPES = ['meglive', 'still', 'raw_image'] as const;
+const COMPARISON_TYPES = ['0', '1'] as const;
 
 export const PARAMETERS: Record<ParameterName, ParameterRule> = {
   sign: { kind: 'text', schema: z.string().min(1), requiredFor: { always: true }, description: 'Request signature (App-Authentication).' },

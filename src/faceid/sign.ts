@@ -21,7 +21,7 @@ export const SIGN_VERSION = 'hmac_sha1';
  * single-use form, and a fresh sign is made for every attempt anyway.
  * @see ../shared/seed/App-Authentication.md
  */
-export const SIGN_VALIDITY_SECONDS = 60;
+const SIGN_VALIDITY_SECONDS = 60;
 
 export function sign(input: SignInput): string {
   const raw = `a=${input.apiKey}&b=${input.expireTime}&c=${input.currentTime}&d=${input.random}`;

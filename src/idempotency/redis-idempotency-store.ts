@@ -40,7 +40,7 @@ export function createRedisIdempotencyStore(redis: Redis): IdempotencyStore {
       const created = await redis.set(KEY_PREFIX + key, JSON.stringify({ fingerprint, owner }), 'PX', pendingTtlMs, 'NX');
       if (created === 'OK') return { kind: 'claimed', owner };
       const record = await read(key);
-      // Expired between the two commands: nobody holds it now, so it is free to claim again.
+      // Expired between the two commands: answered as in progress, so the caller's poll claims it again.
       if (record === undefined) return { kind: 'in-progress' };
       if (record.fingerprint !== fingerprint) return { kind: 'mismatch' };
       return record.answer === undefined ? { kind: 'in-progress' } : { kind: 'replay', answer: record.answer };

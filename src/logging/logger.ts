@@ -5,7 +5,7 @@ import pino, { type DestinationStream, type Logger } from 'pino';
  * serializers in middleware/request-logging.ts); this redaction is the second line of defence for anything
  * that still carries a secret under a well-known name.
  */
-export const REDACTED_PATHS = [
+const REDACTED_PATHS = [
   'apiSecret',
   '*.apiSecret',
   'sign',
@@ -38,7 +38,7 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
  * Library errors can carry whole requests: an axios error holds the request body (with the sign and the
  * photos) and headers. Only the facts that help an operator survive.
  */
-export function serializeError(error: unknown): Record<string, unknown> {
+function serializeError(error: unknown): Record<string, unknown> {
   if (!(error instanceof Error)) return { message: typeof error === 'string' ? error : 'non-error thrown' };
   const { code, status } = error as Error & { code?: unknown; status?: unknown };
   return {

@@ -4,7 +4,7 @@ import { badArgument } from '../errors/app-error';
 /** 1 to 255 printable ASCII characters. @see CONTRACT section 1 */
 const VALID_KEY = /^[\x20-\x7E]{1,255}$/;
 
-/** Reads and checks `Idempotency-Key` before anything is spent on the request. */
+/** Reads and checks `Idempotency-Key` before the body is read. */
 export const idempotencyKey: RequestHandler = (req, res, next) => {
   const raw = req.headers['idempotency-key'];
   if (raw === undefined) {

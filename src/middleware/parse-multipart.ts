@@ -107,15 +107,24 @@ export function parseMultipart(budget: UploadMemoryBudget): RequestHandler {
       res.setHeader('Connection', 'close');
       throw tooLarge();
     }
-    let release: () => void;
+    // Held until the answer is sent (the use case keeps the photos until FaceID has them). The listener
+    // comes first: a client that gives up while waiting must not keep its reservation once it is granted.
+    let release: (() => void) | undefined;
+    let gone = false;
+    res.once('close', () => {
+      gone = true;
+      release?.();
+    });
     try {
       release = await budget.reserve(Number.isFinite(announced) ? announced : MAX_REQUEST_BYTES);
     } catch (error) {
       res.setHeader('Connection', 'close');
       throw error;
     }
-    // Held until the answer is sent: the use case keeps the photos until FaceID has them.
-    res.once('close', release);
+    if (gone) {
+      release();
+      return;
+    }
     let settled = false;
     const settle = (error: AppError | undefined): void => {
       if (settled) return;

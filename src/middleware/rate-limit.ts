@@ -1,6 +1,8 @@
 import type { RequestHandler } from 'express';
 import type { Caller } from '../auth/authenticate-caller';
 import { AppError } from '../errors/app-error';
+import type { IdempotencyStore } from '../idempotency/idempotency-store';
+import { idempotencyRecordKey } from '../idempotency/record-key';
 import type { UserRateLimiter } from '../limits/user-rate-limiter';
 
 const POLICY_NAME = 'per-user';
@@ -26,6 +28,22 @@ export function rateLimit(limiter: UserRateLimiter): RequestHandler {
       });
       if (req.headers['idempotency-key'] === undefined) throw refusal;
       res.locals.rateLimitRefusal = refusal;
+    }
+    next();
+  };
+}
+
+/**
+ * A refused caller's body is read only when its Idempotency-Key already holds an answer: otherwise the 429
+ * goes out before a byte of the upload is taken in.
+ */
+export function refuseUnlessReplayable(store: IdempotencyStore): RequestHandler {
+  return async (_req, res, next) => {
+    const refusal = res.locals.rateLimitRefusal as AppError | undefined;
+    if (refusal !== undefined) {
+      const key = res.locals.idempotencyKey as string | undefined;
+      const record = key === undefined ? undefined : await store.find(idempotencyRecordKey((res.locals.caller as Caller).id, key));
+      if (record?.answer === undefined) throw refusal;
     }
     next();
   };

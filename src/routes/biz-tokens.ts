@@ -6,7 +6,7 @@ import type { UserRateLimiter } from '../limits/user-rate-limiter';
 import { authenticate } from '../middleware/authenticate';
 import { idempotencyKey } from '../middleware/idempotency-key';
 import { parseMultipart } from '../middleware/parse-multipart';
-import { rateLimit, rateLimitPolicy } from '../middleware/rate-limit';
+import { rateLimit, rateLimitPolicy, refuseUnlessReplayable } from '../middleware/rate-limit';
 import type { AuthenticateCaller } from '../auth/authenticate-caller';
 import type { Metrics } from '../observability/metrics';
 import { issueBizToken, type IssueBizTokenDeps, type IssuedToken } from '../use-cases/issue-biz-token';
@@ -28,12 +28,13 @@ export function bizTokenRoutes(deps: BizTokenRouteDeps): Router {
     '/v1/biz-tokens',
     (_req, res, next) => {
       res.setHeader('RateLimit-Policy', policy);
-      res.once('close', () => recordOutcome(deps.metrics, res.locals, res.statusCode));
+      res.once('close', () => recordOutcome(deps.metrics, res.locals, res.writableFinished ? res.statusCode : undefined));
       next();
     },
     authenticate(deps.authenticateCaller),
     rateLimit(deps.rateLimiter),
     idempotencyKey,
+    refuseUnlessReplayable(deps.useCase.idempotency),
     parseMultipart(deps.uploadBudget),
     async (req, res) => {
       const caller = res.locals.caller as Caller;
@@ -68,9 +69,10 @@ async function markReplay(setHeader: (name: string, value: string) => unknown, d
   await deps.rateLimiter.refund(caller.id);
 }
 
-function recordOutcome(metrics: Metrics, locals: Record<string, unknown>, status: number): void {
+/** `status` is undefined when the client left before the answer was sent. */
+function recordOutcome(metrics: Metrics, locals: Record<string, unknown>, status: number | undefined): void {
   const error = locals.error as AppError | undefined;
-  const code = error?.code ?? (status < 400 ? 'OK' : 'CLIENT_CLOSED');
+  const code = status === undefined ? 'CLIENT_CLOSED' : (error?.code ?? 'OK');
   metrics.outcomes.inc({ code });
   if (code === 'RATE_LIMITED') metrics.rateLimitRejections.inc();
   const issued = locals.issued as IssuedToken | undefined;

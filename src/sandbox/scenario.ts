@@ -3,7 +3,7 @@
  * mobile developer can trigger an error screen from the app) or through `PUT /sandbox/scenario` (for every
  * request, e.g. to see a circuit breaker open).
  */
-export const SANDBOX_OUTCOMES = [
+const SANDBOX_OUTCOMES = [
   'INTERNAL_ERROR',
   'CONCURRENCY_LIMIT_EXCEEDED',
   'CONCURRENCY_LIMIT_EXCEEDED_429',
@@ -27,7 +27,7 @@ export interface Scenario {
   latencyMs: number;
 }
 
-export const BIZ_NO_PREFIX = 'sandbox:';
+const BIZ_NO_PREFIX = 'sandbox:';
 const MAX_LATENCY_MS = 120_000;
 
 const isOutcome = (text: string): text is SandboxOutcome => (SANDBOX_OUTCOMES as readonly string[]).includes(text);

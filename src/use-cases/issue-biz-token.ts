@@ -5,6 +5,7 @@ import type { Config } from '../config/load-config';
 import { AppError, type ErrorCode } from '../errors/app-error';
 import type { UpstreamToken, UpstreamTokenRequest } from '../faceid/faceid-client';
 import type { IdempotencyStore, StoredAnswer } from '../idempotency/idempotency-store';
+import { idempotencyRecordKey } from '../idempotency/record-key';
 import type { CircuitBreaker } from '../limits/circuit-breaker';
 import type { UpstreamBudget } from '../limits/upstream-budget';
 import type { UpstreamGate } from '../limits/upstream-gate';
@@ -12,7 +13,7 @@ import type { MultipartForm } from '../token-request/multipart-form';
 import { validateTokenRequest, type TokenRequest } from '../token-request/validate-token-request';
 
 /** A biz_token is single-use and valid for one hour. @see ../shared/seed/App-GetBizToken.md (返回值说明) */
-export const BIZ_TOKEN_LIFETIME_MS = 60 * 60 * 1000;
+const BIZ_TOKEN_LIFETIME_MS = 60 * 60 * 1000;
 const IDEMPOTENCY_POLL_MS = 50;
 
 export interface FaceIdGateway {
@@ -59,10 +60,15 @@ export async function issueBizToken(input: IssueBizTokenInput, deps: IssueBizTok
   if (claim?.kind === 'replay') return replay(claim.answer);
 
   try {
-    await deps.budget.take(log);
     const upstreamRequest = toUpstream(request, input.caller, deps.policy);
-    // The gate outside the breaker: a full queue is the service's own load, not a FaceID failure.
-    const upstream = await deps.gate.run(() => deps.breaker.run(() => deps.faceid.getBizToken(upstreamRequest, log)));
+    // The gate outside the breaker: a full queue is the service's own load, not a FaceID failure. The budget
+    // innermost: only a call that really goes to FaceID spends it.
+    const upstream = await deps.gate.run(() =>
+      deps.breaker.run(async () => {
+        await deps.budget.take(log);
+        return deps.faceid.getBizToken(upstreamRequest, log);
+      }),
+    );
     const expiresAt = new Date(startedAt + BIZ_TOKEN_LIFETIME_MS);
     const body = { biz_token: upstream.bizToken, expires_at: expiresAt.toISOString() };
     if (claim !== undefined) await deps.idempotency.complete(claim.key, claim.owner, claim.fingerprint, { status: 201, body }, expiresAt.getTime() - Date.now());
@@ -106,8 +112,7 @@ async function claimKey(input: IssueBizTokenInput, deps: IssueBizTokenDeps): Pro
   }
 }
 
-const recordKey = (input: IssueBizTokenInput): string =>
-  `${input.caller.id}:${createHash('sha256').update(input.idempotencyKey ?? '').digest('hex')}`;
+const recordKey = (input: IssueBizTokenInput): string => idempotencyRecordKey(input.caller.id, input.idempotencyKey ?? '');
 
 const keyReused = (): AppError =>
   new AppError(409, 'IDEMPOTENCY_KEY_REUSED', 'this Idempotency-Key was used with a different request body', { param: 'Idempotency-Key' });
