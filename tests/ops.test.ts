@@ -403,3 +403,18 @@ describe('server timeouts against slow clients', () => {
     60_000,
   );
 });
+
+describe('the FaceID result counter', () => {
+  test('when FaceID answers a token, a client error and nothing in time, then faceid_results_total counts each by FaceID\'s own code', async () => {
+    const target = await start({ FACEID_TIMEOUT_MS: '300', FACEID_MAX_RETRIES: '0' });
+    const count = async (result: string): Promise<number> =>
+      Number(new RegExp(`^faceid_results_total\\{result="${result}"\\} (\\d+)$`, 'm').exec((await target.http().get('/metrics')).text)?.[1] ?? 0);
+    const withBizNo = (bizNo: string) => ({ ...validForm(), fields: { ...validForm().fields, biz_no: bizNo } });
+    expect((await postToken(target, validForm())).status).toBe(201);
+    expect((await postToken(target, withBizNo('sandbox:NO_FACE_FOUND'))).status).toBe(400);
+    expect((await postToken(target, withBizNo('sandbox:HANG'))).status).toBe(504);
+    expect(await count('OK')).toBe(1);
+    expect(await count('NO_FACE_FOUND')).toBe(1);
+    expect(await count('TIMEOUT')).toBe(1);
+  });
+});

@@ -7,7 +7,7 @@ import type { FaceIdCredentials } from '../config/load-config';
 import { AppError } from '../errors/app-error';
 import type { ImageFormat } from '../images/inspect-image';
 import { freshSign, SIGN_VERSION } from './sign';
-import { isRetryable, parseFaceIdError, toAppError, upstreamError, type FaceIdFailure } from './faceid-errors';
+import { isKnownCode, isRetryable, parseFaceIdError, toAppError, upstreamError, type FaceIdFailure } from './faceid-errors';
 
 export const GET_BIZ_TOKEN_PATH = '/faceid/v3/sdk/get_biz_token';
 
@@ -22,6 +22,8 @@ export interface UpstreamTokenRequest {
 export interface UpstreamToken {
   bizToken: string;
   faceidRequestId: string | undefined;
+  /** FaceID's result code of the last attempt, from a bounded set (for the metric). */
+  faceidResult: string;
   attempts: number;
   upstreamMs: number;
 }
@@ -87,10 +89,10 @@ export class FaceIdClient {
       const outcome = await this.attempt(request, deadline);
       const context = { attempts, upstreamMs: Math.round(performance.now() - started) };
       if (deadline.aborted) {
-        throw new AppError(504, 'UPSTREAM_TIMEOUT', 'FaceID did not answer in time', { logContext: context });
+        throw new AppError(504, 'UPSTREAM_TIMEOUT', 'FaceID did not answer in time', { logContext: { ...context, faceidResult: 'TIMEOUT' } });
       }
       if (outcome.kind === 'token') {
-        return { bizToken: outcome.bizToken, faceidRequestId: outcome.requestId, ...context };
+        return { bizToken: outcome.bizToken, faceidRequestId: outcome.requestId, faceidResult: 'OK', ...context };
       }
       const retryable = (outcome.kind === 'network' && outcome.retryable) || (outcome.kind === 'failure' && isRetryable(outcome.failure));
       const backoffMs = Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** (attempts - 1));
@@ -100,7 +102,11 @@ export class FaceIdClient {
         await sleep(backoffMs);
         continue;
       }
-      throw this.toError(outcome, serviceFields, { ...context, faceidRequestId: 'requestId' in outcome ? outcome.requestId : undefined });
+      throw this.toError(outcome, serviceFields, {
+        ...context,
+        faceidRequestId: 'requestId' in outcome ? outcome.requestId : undefined,
+        faceidResult: resultOf(outcome),
+      });
     }
   }
 
@@ -168,6 +174,20 @@ function readAnswer(response: AxiosResponse<string>): AttemptOutcome {
     return { kind: 'failure', failure: parseFaceIdError(response.status, answer.error), requestId };
   }
   return { kind: 'unreadable', httpStatus: response.status };
+}
+
+/** Bounded: FaceID's documented codes, or what kind of non-answer it was. */
+function resultOf(outcome: Exclude<AttemptOutcome, { kind: 'token' }>): string {
+  switch (outcome.kind) {
+    case 'failure':
+      return isKnownCode(outcome.failure.code) ? outcome.failure.code : 'OTHER';
+    case 'too-large':
+      return 'REQUEST_ENTITY_TOO_LARGE';
+    case 'unreadable':
+      return 'UNREADABLE';
+    case 'network':
+      return 'CONNECTION_FAILED';
+  }
 }
 
 function describe(outcome: Exclude<AttemptOutcome, { kind: 'token' }>): string {

@@ -71,6 +71,8 @@ function mappingOf(failure: FaceIdFailure): Mapping | undefined {
   return FACEID_ERROR_TABLE[`${failure.code}: ${failure.detail}`] ?? FACEID_ERROR_TABLE[failure.code];
 }
 
+export const isKnownCode = (code: string): boolean => Object.hasOwn(FACEID_ERROR_TABLE, code);
+
 export const isRetryable = (failure: FaceIdFailure): boolean => mappingOf(failure)?.kind === 'retry';
 
 const BUSY_RETRY_AFTER_SECONDS = 1;

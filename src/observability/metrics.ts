@@ -11,6 +11,7 @@ export interface Metrics {
   httpDuration: Histogram<'route' | 'method' | 'status'>;
   upstreamDuration: Histogram<'outcome'>;
   outcomes: Counter<'code'>;
+  faceidResults: Counter<'result'>;
   rateLimitRejections: Counter;
   idempotentReplays: Counter;
   httpInFlight: Gauge;
@@ -76,7 +77,13 @@ export function createMetrics({ gate, breaker, uploadBudget }: GaugeSources): Me
       buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20],
       registers: [registry],
     }),
-    outcomes: new Counter({ name: 'biz_token_outcomes_total', help: 'Token requests by outcome code', labelNames: ['code'], registers: [registry] }),
+    outcomes: new Counter({ name: 'biz_token_outcomes_total', help: 'Token requests by the service\'s outcome code', labelNames: ['code'], registers: [registry] }),
+    faceidResults: new Counter({
+      name: 'faceid_results_total',
+      help: 'FaceID exchanges by FaceID\'s result code (OK, its error codes, TIMEOUT, CONNECTION_FAILED, UNREADABLE)',
+      labelNames: ['result'],
+      registers: [registry],
+    }),
     rateLimitRejections: new Counter({ name: 'rate_limit_rejections_total', help: 'Requests refused by the per-user rate limit', registers: [registry] }),
     idempotentReplays: new Counter({ name: 'idempotent_replays_total', help: 'Answers replayed for a repeated Idempotency-Key', registers: [registry] }),
     httpInFlight: new Gauge({ name: 'http_requests_in_flight', help: 'HTTP requests being answered', registers: [registry] }),

@@ -76,6 +76,7 @@ function recordOutcome(metrics: Metrics, locals: Record<string, unknown>, status
   metrics.outcomes.inc({ code });
   if (code === 'RATE_LIMITED') metrics.rateLimitRejections.inc();
   const issued = locals.issued as IssuedToken | undefined;
-  const upstreamMs = issued?.upstream?.upstreamMs ?? error?.logContext?.upstreamMs;
-  if (typeof upstreamMs === 'number') metrics.upstreamDuration.observe({ outcome: code }, upstreamMs / 1000);
+  const upstream: Record<string, unknown> | undefined = issued?.upstream ?? error?.logContext;
+  if (typeof upstream?.upstreamMs === 'number') metrics.upstreamDuration.observe({ outcome: code }, upstream.upstreamMs / 1000);
+  if (typeof upstream?.faceidResult === 'string') metrics.faceidResults.inc({ result: upstream.faceidResult });
 }
