@@ -47,9 +47,9 @@ export interface IssuedToken {
 }
 
 /**
- * The story of one token: check the request locally, answer a repeated Idempotency-Key from its record,
- * spend the operator's budget, wait for an upstream slot, ask FaceID unless its circuit is open, keep the
- * answer for replays.
+ * The story of one token: a caller over its limit gets only a replay; otherwise check the request locally,
+ * answer a repeated Idempotency-Key from its record, wait for an upstream slot, and, unless FaceID's circuit
+ * is open, spend one of the operator's daily calls and ask FaceID; keep the answer for replays.
  */
 export async function issueBizToken(input: IssueBizTokenInput, deps: IssueBizTokenDeps, log: Logger): Promise<IssuedToken> {
   const startedAt = Date.now();
