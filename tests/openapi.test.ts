@@ -8,6 +8,7 @@ import { PARAMETERS } from '../src/faceid/parameters';
 import { SERVER_OWNED } from '../src/token-request/validate-token-request';
 import { jpeg } from './fixtures/images';
 import { postToken, signToken, validForm, validIdcardForm, type TestService, type TokenForm, cleanupAfter } from './helpers/test-service';
+import { announceUpload } from './helpers/raw-request';
 
 /**
  * Issue 4 item 5: /openapi.json is valid OpenAPI 3.1 (checked by @readme/openapi-parser), documents the
@@ -220,27 +221,8 @@ describe('real answers of the running app match the document', () => {
     await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
     defer(() => new Promise<void>((done) => server.close(() => done())));
     const { port } = server.address() as AddressInfo;
-    const authorization = `Bearer ${await signToken()}`;
-    const response = await new Promise<{ status: number; headers: Record<string, unknown>; body: unknown }>((done, fail) => {
-      const request = http.request({
-        host: '127.0.0.1',
-        port,
-        method: 'POST',
-        path: '/v1/biz-tokens',
-        agent: false,
-        headers: { Authorization: authorization, 'Content-Type': 'multipart/form-data; boundary=b', 'Content-Length': String(21 * 1024 * 1024) },
-      });
-      request.on('response', (answer) => {
-        const chunks: Buffer[] = [];
-        answer.on('data', (chunk: Buffer) => chunks.push(chunk));
-        answer.on('end', () => {
-          request.destroy();
-          done({ status: answer.statusCode ?? 0, headers: answer.headers, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown });
-        });
-      });
-      request.on('error', (error) => (request.destroyed ? undefined : fail(error)));
-      request.write('--b\r\n');
-    });
+    const answer = await announceUpload(port, { Authorization: `Bearer ${await signToken()}`, 'Content-Type': 'multipart/form-data; boundary=b' }, 21 * 1024 * 1024, '--b\r\n');
+    const response = { status: answer.status, headers: answer.headers as Record<string, unknown>, body: JSON.parse(answer.text) as unknown };
     expectDocumented(response, 413, 'PAYLOAD_TOO_LARGE');
   });
 });

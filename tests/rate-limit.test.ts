@@ -1,9 +1,9 @@
-import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type supertest from 'supertest';
 import { postToken, signToken, startTestSandbox, startTestService, uniquePrefix, validForm, type TestService, type TokenForm } from './helpers/test-service';
+import { announceUpload } from './helpers/raw-request';
 
 /**
  * Issue 3, "Per-user rate limit" and "An operator budget": RATE_LIMIT_MAX per RATE_LIMIT_WINDOW_SECONDS per
@@ -287,25 +287,11 @@ describe('a spent caller with an Idempotency-Key', () => {
       const token = await signToken({ sub: `spent-${Date.now()}` });
       expect((await postToken(target, validForm(), { Authorization: `Bearer ${token}` })).status).toBe(201);
       // Announces 5 MB and sends none of it: only an answer that needs no body can arrive.
-      const status = await new Promise<number>((resolve, reject) => {
-        const request = http.request({
-          port: (server.address() as AddressInfo).port,
-          method: 'POST',
-          path: '/v1/biz-tokens',
-          headers: {
-            Authorization: `Bearer ${token}`,
-            'Idempotency-Key': 'never-used-before',
-            'Content-Type': 'multipart/form-data; boundary=x',
-            'Content-Length': String(5 * 1024 * 1024),
-          },
-        });
-        request.on('response', (response) => {
-          resolve(response.statusCode ?? 0);
-          request.destroy();
-        });
-        request.on('error', reject);
-        request.flushHeaders();
-      });
+      const { status } = await announceUpload(
+        (server.address() as AddressInfo).port,
+        { Authorization: `Bearer ${token}`, 'Idempotency-Key': 'never-used-before' },
+        5 * 1024 * 1024,
+      );
       expect(status).toBe(429);
     } finally {
       server.closeAllConnections();
