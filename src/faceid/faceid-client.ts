@@ -1,11 +1,10 @@
-import axios, { type AxiosInstance, type AxiosResponse } from 'axios';
-import FormData from 'form-data';
 import http from 'node:http';
 import https from 'node:https';
 import type { Logger } from 'pino';
 import type { FaceIdCredentials } from '../config/load-config';
 import { AppError } from '../errors/app-error';
 import type { ImageFormat } from '../images/inspect-image';
+import { encodeMultipart } from './multipart-encoder';
 import { freshSign, SIGN_VERSION } from './sign';
 import { isKnownCode, isRetryable, parseFaceIdError, toAppError, upstreamError, type FaceIdFailure } from './faceid-errors';
 
@@ -57,26 +56,20 @@ type AttemptOutcome =
  * service's errors through FACEID_ERROR_TABLE.
  */
 export class FaceIdClient {
-  private readonly http: AxiosInstance;
-  private readonly httpAgent: http.Agent;
-  private readonly httpsAgent: https.Agent;
+  private readonly url: URL;
+  private readonly agent: http.Agent;
+  private readonly transport: typeof http | typeof https;
 
+  /**
+   * node:http, not axios and form-data: per 150 KB request those two cost about 0.8 CPU-ms more here, more
+   * than the service's whole budget (see BENCHMARKS.md). Redirects are never followed: a POST to FaceID
+   * never needs one.
+   */
   constructor(private readonly options: FaceIdClientOptions) {
-    this.httpAgent = new http.Agent({ keepAlive: true, maxSockets: options.maxSockets });
-    this.httpsAgent = new https.Agent({ keepAlive: true, maxSockets: options.maxSockets });
-    this.http = axios.create({
-      baseURL: options.baseUrl,
-      httpAgent: this.httpAgent,
-      httpsAgent: this.httpsAgent,
-      // No redirects: a POST to FaceID never needs one, and this keeps axios off follow-redirects, whose
-      // body limits were seen to leave requests un-ended and connections un-reused.
-      maxRedirects: 0,
-      proxy: false,
-      maxContentLength: MAX_ANSWER_BYTES,
-      responseType: 'text',
-      transformResponse: [(data: unknown) => data],
-      validateStatus: () => true,
-    });
+    this.url = new URL(`${options.baseUrl.replace(/\/+$/, '')}${GET_BIZ_TOKEN_PATH}`);
+    const secure = this.url.protocol === 'https:';
+    this.transport = secure ? https : http;
+    this.agent = secure ? new https.Agent({ keepAlive: true, maxSockets: options.maxSockets }) : new http.Agent({ keepAlive: true, maxSockets: options.maxSockets });
   }
 
   async getBizToken(request: UpstreamTokenRequest, log: Logger): Promise<UpstreamToken> {
@@ -111,33 +104,56 @@ export class FaceIdClient {
   }
 
   close(): void {
-    this.httpAgent.destroy();
-    this.httpsAgent.destroy();
+    this.agent.destroy();
   }
 
-  private async attempt(request: UpstreamTokenRequest, deadline: AbortSignal): Promise<AttemptOutcome> {
+  /** One POST; every way it can end becomes an outcome, never a rejection. */
+  private attempt(request: UpstreamTokenRequest, deadline: AbortSignal): Promise<AttemptOutcome> {
     const { apiKey, apiSecret } = this.options.credentials;
-    const form = new FormData();
-    form.append('sign', freshSign(apiKey, apiSecret));
-    form.append('sign_version', SIGN_VERSION);
-    for (const [name, value] of [...request.serviceFields, ...request.clientFields]) form.append(name, value);
-    for (const image of request.images) {
-      form.append(image.name, image.bytes, { filename: `${image.name}.${image.format}`, contentType: CONTENT_TYPES[image.format] });
-    }
-    let response: AxiosResponse<string>;
-    try {
-      // Streamed, not joined into one buffer: the photos are not copied again. The exact Content-Length
-      // lets the request end cleanly, so its socket goes back to the pool (no maxBodyLength is set, which
-      // with a stream body was seen to leave requests un-ended).
-      response = await this.http.post<string>(GET_BIZ_TOKEN_PATH, form, {
-        headers: { ...form.getHeaders(), 'Content-Length': String(form.getLengthSync()) },
-        signal: deadline,
-      });
-    } catch (error) {
-      const code = (axios.isAxiosError(error) ? error.code : undefined) ?? 'UNKNOWN';
-      return { kind: 'network', code, retryable: RETRYABLE_NETWORK_CODES.has(code) };
-    }
-    return readAnswer(response);
+    const form = encodeMultipart(
+      [['sign', freshSign(apiKey, apiSecret)], ['sign_version', SIGN_VERSION], ...request.serviceFields, ...request.clientFields],
+      request.images.map((image) => ({
+        name: image.name,
+        filename: `${image.name}.${image.format}`,
+        contentType: CONTENT_TYPES[image.format],
+        bytes: image.bytes,
+      })),
+    );
+    return new Promise((resolve) => {
+      const failed = (error: NodeJS.ErrnoException): void => {
+        const code = error.code ?? 'UNKNOWN';
+        resolve({ kind: 'network', code, retryable: RETRYABLE_NETWORK_CODES.has(code) });
+      };
+      const outgoing = this.transport.request(
+        this.url,
+        {
+          method: 'POST',
+          agent: this.agent,
+          signal: deadline,
+          headers: { 'Content-Type': form.contentType, 'Content-Length': String(form.length), Accept: 'application/json' },
+        },
+        (response) => {
+          const chunks: Buffer[] = [];
+          let size = 0;
+          response.on('data', (chunk: Buffer) => {
+            size += chunk.length;
+            if (size <= MAX_ANSWER_BYTES) chunks.push(chunk);
+            else {
+              // Not a token: the connection is dropped rather than read to its end.
+              outgoing.destroy();
+              resolve({ kind: 'unreadable', httpStatus: response.statusCode ?? 0 });
+            }
+          });
+          response.on('end', () => resolve(readAnswer(response.statusCode ?? 0, Buffer.concat(chunks).toString('utf8'))));
+          response.on('error', failed);
+        },
+      );
+      outgoing.on('error', failed);
+      // One write of the small parts and the photos together, then the end.
+      outgoing.cork();
+      for (const chunk of form.chunks) outgoing.write(chunk);
+      outgoing.end();
+    });
   }
 
   private toError(outcome: Exclude<AttemptOutcome, { kind: 'token' }>, serviceFields: ReadonlySet<string>, context: Record<string, unknown>): AppError {
@@ -154,26 +170,25 @@ export class FaceIdClient {
   }
 }
 
-function readAnswer(response: AxiosResponse<string>): AttemptOutcome {
-  const text = typeof response.data === 'string' ? response.data : '';
+function readAnswer(httpStatus: number, text: string): AttemptOutcome {
   // The 413 is plain text, not JSON. @see ../shared/seed/App-GetBizToken.md (413 Request Entity Too Large)
-  if (response.status === 413) return { kind: 'too-large' };
+  if (httpStatus === 413) return { kind: 'too-large' };
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch {
-    return { kind: 'unreadable', httpStatus: response.status };
+    return { kind: 'unreadable', httpStatus };
   }
-  if (typeof json !== 'object' || json === null) return { kind: 'unreadable', httpStatus: response.status };
+  if (typeof json !== 'object' || json === null) return { kind: 'unreadable', httpStatus };
   const answer = json as Record<string, unknown>;
   const requestId = typeof answer.request_id === 'string' ? answer.request_id : undefined;
-  if (response.status === 200 && typeof answer.biz_token === 'string' && answer.biz_token.length > 0) {
+  if (httpStatus === 200 && typeof answer.biz_token === 'string' && answer.biz_token.length > 0) {
     return { kind: 'token', bizToken: answer.biz_token, requestId };
   }
   if (typeof answer.error === 'string' && answer.error.length > 0) {
-    return { kind: 'failure', failure: parseFaceIdError(response.status, answer.error), requestId };
+    return { kind: 'failure', failure: parseFaceIdError(httpStatus, answer.error), requestId };
   }
-  return { kind: 'unreadable', httpStatus: response.status };
+  return { kind: 'unreadable', httpStatus };
 }
 
 /** Bounded: FaceID's documented codes, or what kind of non-answer it was. */

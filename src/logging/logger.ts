@@ -35,7 +35,7 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
 }
 
 /**
- * Library errors can carry whole requests: an axios error holds the request body (with the sign and the
+ * Library errors can carry whole requests: an HTTP client error may hold the request body (with the sign and the
  * photos) and headers. Only the facts that help an operator survive.
  */
 function serializeError(error: unknown): Record<string, unknown> {
