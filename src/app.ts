@@ -1,6 +1,6 @@
 import cors from 'cors';
-import express, { type Express } from 'express';
-import helmet from 'helmet';
+import express from 'express';
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { createCallerAuthenticator } from './auth/authenticate-caller';
 import type { Config, FaceIdCredentials } from './config/load-config';
@@ -14,18 +14,21 @@ import { createCircuitBreaker } from './limits/circuit-breaker';
 import { createUploadMemoryBudget } from './limits/upload-memory-budget';
 import { createUpstreamGate } from './limits/upstream-gate';
 import { createUserRateLimiter } from './limits/user-rate-limiter';
-import { errorHandler, notFound } from './middleware/error-handler';
+import { securityHeaders } from './http/security-headers';
+import { clientAddressOf } from './middleware/authenticate';
+import { errorHandler, notFound, writeProblem } from './middleware/error-handler';
 import { requestId } from './middleware/request-id';
 import { requestLogging } from './middleware/request-logging';
 import { createMetrics, measureRequests, type Metrics } from './observability/metrics';
 import { buildOpenApiDocument } from './openapi/openapi-document';
-import { bizTokenRoutes } from './routes/biz-tokens';
+import { bizTokenRoute, isBizTokenRequest } from './routes/biz-tokens';
 import { opsRoutes, type Readiness } from './routes/ops';
 import type { IssueBizTokenDeps } from './use-cases/issue-biz-token';
 
 /** Everything the app needs, built once at start-up; `close` releases what holds sockets. */
 export interface Service {
-  app: Express;
+  /** The token route on plain node:http, everything else through Express. */
+  handler: RequestListener;
   metrics: Metrics;
   shared: SharedStore;
   /** Marks the service as shutting down: /readyz turns 503. */
@@ -36,7 +39,7 @@ export interface Service {
 /** How long a second request with the same Idempotency-Key waits for the first one, beyond FaceID's own bound. */
 const IDEMPOTENCY_WAIT_MARGIN_MS = 2_000;
 
-/** Builds the Express app and its collaborators; it never listens (server.ts does). */
+/** Builds the request handler (the token route and the Express app) and its collaborators; it never listens (server.ts does). */
 export function createService(config: Config, credentials: FaceIdCredentials, logger: Logger): Service {
   const client = new FaceIdClient({
     baseUrl: config.faceid.baseUrl,
@@ -71,28 +74,32 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
   let shuttingDown = false;
   const readiness: Readiness = () => ({ shuttingDown, redis: shared.state() });
 
+  // Every request passes the same front steps, whichever side then answers it.
+  const front: FrontStep[] = [
+    (_req, res, next) => {
+      // While draining for shutdown, every answer closes its connection.
+      if (shuttingDown) res.setHeader('Connection', 'close');
+      next();
+    },
+    requestId,
+    requestLogging(logger),
+    measureRequests(metrics),
+    securityHeaders(),
+    cors({ origin: config.corsOrigins.length > 0 ? config.corsOrigins : false, exposedHeaders: EXPOSED_HEADERS }),
+  ];
+  const tokenRoute = bizTokenRoute({
+    authenticateCaller: createCallerAuthenticator(config.auth, logger),
+    clientAddress: clientAddressOf(config.trustProxy),
+    rateLimiter: createUserRateLimiter(config.rateLimit, shared),
+    metrics,
+    uploadBudget,
+    useCase,
+  });
+
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', config.trustProxy);
-  app.use((_req, res, next) => {
-    // While draining for shutdown, every answer closes its connection.
-    if (shuttingDown) res.setHeader('Connection', 'close');
-    next();
-  });
-  app.use(requestId);
-  app.use(requestLogging(logger));
-  app.use(measureRequests(metrics));
-  app.use(helmet());
-  app.use(cors({ origin: config.corsOrigins.length > 0 ? config.corsOrigins : false, exposedHeaders: EXPOSED_HEADERS }));
-  app.use(
-    bizTokenRoutes({
-      authenticateCaller: createCallerAuthenticator(config.auth, logger),
-      rateLimiter: createUserRateLimiter(config.rateLimit, shared),
-      metrics,
-      uploadBudget,
-      useCase,
-    }),
-  );
+  app.use(...front);
   app.use(
     opsRoutes({
       readiness,
@@ -105,7 +112,10 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
   app.use(errorHandler);
 
   return {
-    app,
+    handler: (req, res) => {
+      if (isBizTokenRequest(req)) runFront(front, req, res, () => tokenRoute(req, res));
+      else app(req, res);
+    },
     metrics,
     shared,
     beginShutdown: () => {
@@ -116,6 +126,24 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
       await shared.close();
     },
   };
+}
+
+type FrontStep = (req: IncomingMessage, res: ServerResponse, next: (error?: unknown) => void) => void;
+
+/** Runs the front steps in order, as Express would, then the route; a step's error becomes the answer. */
+function runFront(steps: readonly FrontStep[], req: IncomingMessage, res: ServerResponse, route: () => void): void {
+  let index = 0;
+  const next = (error?: unknown): void => {
+    if (error !== undefined) {
+      writeProblem(res, error);
+      return;
+    }
+    const step = steps[index];
+    index += 1;
+    if (step === undefined) route();
+    else step(req, res, next);
+  };
+  next();
 }
 
 const EXPOSED_HEADERS = ['X-Request-Id', 'RateLimit', 'RateLimit-Policy', 'Retry-After', 'Idempotent-Replayed'];

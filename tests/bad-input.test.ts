@@ -2,7 +2,7 @@
  * Hostile or broken bodies: each gets a quick 4xx problem answer (or, for a body that never completes, a
  * closed connection), nothing reaches the sandbox, and the service keeps serving.
  */
-import type { Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import type supertest from 'supertest';
 import { jpeg } from './fixtures/images';
@@ -14,7 +14,7 @@ let port: number;
 
 beforeAll(async () => {
   target = await startTestService();
-  server = target.service.app.listen(0, '127.0.0.1');
+  server = createServer(target.service.handler).listen(0, '127.0.0.1');
   await new Promise<void>((resolve) => server.once('listening', () => resolve()));
   port = (server.address() as AddressInfo).port;
 });

@@ -124,7 +124,7 @@ describe('memory bounds', () => {
   let port: number;
   beforeAll(async () => {
     target = await startTestService({ UPLOAD_MEMORY_MB: '20', UPLOAD_QUEUE_TIMEOUT_MS: '300' });
-    server = target.service.app.listen(0);
+    server = http.createServer(target.service.handler).listen(0);
     await new Promise((resolve) => server.once('listening', resolve));
     port = (server.address() as AddressInfo).port;
   });

@@ -1,11 +1,23 @@
-import type { RequestHandler } from 'express';
-import type { AuthenticateCaller } from '../auth/authenticate-caller';
+import type { IncomingMessage } from 'node:http';
+import proxyAddr from 'proxy-addr';
+import type { AuthenticateCaller, Caller } from '../auth/authenticate-caller';
+import type { Config } from '../config/load-config';
 
-/** Puts the caller into `res.locals.caller`, or answers 401 before any budget is spent. */
-export function authenticate(authenticateCaller: AuthenticateCaller): RequestHandler {
-  return async (req, res, next) => {
-    // req.ip honours TRUST_PROXY: forged X-Forwarded-For headers count only from trusted proxies.
-    res.locals.caller = await authenticateCaller(req.headers.authorization, req.ip ?? req.socket.remoteAddress ?? 'unknown');
-    next();
-  };
+/**
+ * The client's address under TRUST_PROXY, with Express's own rules (proxy-addr): forged X-Forwarded-For
+ * headers count only from trusted proxies.
+ */
+export function clientAddressOf(trustProxy: Config['trustProxy']): (req: IncomingMessage) => string {
+  const trust =
+    trustProxy === true
+      ? () => true
+      : typeof trustProxy === 'number'
+        ? (_address: string, hop: number) => hop < trustProxy
+        : proxyAddr.compile(trustProxy === false ? [] : trustProxy);
+  return (req) => proxyAddr(req, trust);
+}
+
+/** Who is asking, or a 401 before any budget is spent. */
+export function authenticate(authenticateCaller: AuthenticateCaller, clientAddress: (req: IncomingMessage) => string) {
+  return (req: IncomingMessage): Promise<Caller> => authenticateCaller(req.headers.authorization, clientAddress(req));
 }

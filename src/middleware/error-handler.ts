@@ -1,41 +1,48 @@
-import { STATUS_CODES } from 'node:http';
-import type { ErrorRequestHandler, RequestHandler } from 'express';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { ErrorRequestHandler } from 'express';
 import { AppError } from '../errors/app-error';
+import { contextOf } from '../http/request-context';
 
 /**
  * The one place errors become answers: RFC 9457 problem+json. A 5xx never shows its cause to the caller;
- * the log line (written by the request logger from `res.locals.error`) keeps it.
+ * the log line (written by the request logger from the request's context) keeps it. Used by the token
+ * route directly and by Express through `errorHandler`.
  */
+export function writeProblem(res: ServerResponse, error: unknown): void {
+  const appError = toAppError(error);
+  const context = contextOf(res);
+  context.error = appError;
+  if (res.headersSent || res.destroyed) return;
+  // The request log line of a 5xx shows this error: the real cause of a bug, the AppError otherwise.
+  if (appError.status >= 500) (res as ServerResponse & { err?: unknown }).err = appError.code === 'INTERNAL_ERROR' && appError.cause instanceof Error ? appError.cause : appError;
+  if (appError.retryAfterSeconds !== undefined) res.setHeader('Retry-After', String(appError.retryAfterSeconds));
+  if (appError.status === 401) res.setHeader('WWW-Authenticate', 'Bearer');
+  const body = JSON.stringify({
+    type: 'about:blank',
+    title: STATUS_CODES[appError.status] ?? 'Error',
+    status: appError.status,
+    code: appError.code,
+    ...(appError.param === undefined ? {} : { param: appError.param }),
+    detail: appError.message,
+    request_id: context.requestId,
+  });
+  res.statusCode = appError.status;
+  res.setHeader('Content-Type', 'application/problem+json; charset=utf-8');
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.end(body);
+}
+
 export const errorHandler: ErrorRequestHandler = (error: unknown, _req, res, next) => {
   if (res.headersSent) {
     next(error);
     return;
   }
-  const appError = toAppError(error);
-  res.locals.error = appError;
-  // The request log line of a 5xx shows this error: the real cause of a bug, the AppError otherwise.
-  if (appError.status >= 500) res.err = appError.code === 'INTERNAL_ERROR' && appError.cause instanceof Error ? appError.cause : appError;
-  if (appError.retryAfterSeconds !== undefined) res.setHeader('Retry-After', String(appError.retryAfterSeconds));
-  if (appError.status === 401) res.setHeader('WWW-Authenticate', 'Bearer');
-  res
-    .status(appError.status)
-    .type('application/problem+json')
-    .send(
-      JSON.stringify({
-        type: 'about:blank',
-        title: STATUS_CODES[appError.status] ?? 'Error',
-        status: appError.status,
-        code: appError.code,
-        ...(appError.param === undefined ? {} : { param: appError.param }),
-        detail: appError.message,
-        request_id: res.locals.requestId as string | undefined,
-      }),
-    );
+  writeProblem(res, error);
 };
 
-export const notFound: RequestHandler = (req, _res, next) => {
-  next(new AppError(404, 'NOT_FOUND', `no route for ${req.method} ${req.path}`.slice(0, 200)));
-};
+export function notFound(req: IncomingMessage & { path?: string }, _res: ServerResponse, next: (error: AppError) => void): void {
+  next(new AppError(404, 'NOT_FOUND', `no route for ${req.method} ${req.path ?? ''}`.slice(0, 200)));
+}
 
 function toAppError(error: unknown): AppError {
   if (error instanceof AppError) return error;

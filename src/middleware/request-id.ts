@@ -1,13 +1,14 @@
 import { randomUUID } from 'node:crypto';
-import type { RequestHandler } from 'express';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { contextOf } from '../http/request-context';
 
 /** A caller's id is echoed only when it is a plain token; anything else could smuggle text into logs. */
 const ACCEPTED_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
-export const requestId: RequestHandler = (req, res, next) => {
+export function requestId(req: IncomingMessage, res: ServerResponse, next: () => void): void {
   const offered = req.headers['x-request-id'];
   const id = typeof offered === 'string' && ACCEPTED_REQUEST_ID.test(offered) ? offered : randomUUID();
-  res.locals.requestId = id;
+  contextOf(res).requestId = id;
   res.setHeader('X-Request-Id', id);
   next();
-};
+}

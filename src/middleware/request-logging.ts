@@ -1,10 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Request, Response } from 'express';
 import type { Logger } from 'pino';
 import { pinoHttp } from 'pino-http';
-import type { Caller } from '../auth/authenticate-caller';
-import { AppError } from '../errors/app-error';
-import type { IssuedToken } from '../use-cases/issue-biz-token';
+import { contextOf, routeOf } from '../http/request-context';
 
 /**
  * One JSON line per request: id, pseudonymous user, route, status, outcome code, latency and the upstream
@@ -13,7 +10,7 @@ import type { IssuedToken } from '../use-cases/issue-biz-token';
 export function requestLogging(logger: Logger) {
   return pinoHttp({
     logger,
-    genReqId: (_req: IncomingMessage, res: ServerResponse) => (res as Response).locals.requestId as string,
+    genReqId: (_req: IncomingMessage, res: ServerResponse) => contextOf(res).requestId,
     // Every line logged during a request carries its id; the request itself is described by outcomeOf.
     quietReqLogger: true,
     quietResLogger: true,
@@ -25,27 +22,19 @@ export function requestLogging(logger: Logger) {
     },
     customAttributeKeys: { reqId: 'request_id', responseTime: 'latency_ms' },
     customLogLevel: (_req, res, error) => (error !== undefined || res.statusCode >= 500 ? 'error' : 'info'),
-    customSuccessMessage: (req, res) => `${req.method} ${routeOf(req as Request)} ${res.statusCode}`,
-    customErrorMessage: (req, res) => `${req.method} ${routeOf(req as Request)} ${res.statusCode}`,
-    customSuccessObject: (req, res, fields: object) => ({ ...fields, ...outcomeOf(req as Request, res as Response) }),
-    customErrorObject: (req, res, _error, fields: object) => ({ ...fields, ...outcomeOf(req as Request, res as Response) }),
+    customSuccessMessage: (req, res) => `${req.method} ${routeOf(req, res)} ${res.statusCode}`,
+    customErrorMessage: (req, res) => `${req.method} ${routeOf(req, res)} ${res.statusCode}`,
+    customSuccessObject: (req, res, fields: object) => ({ ...fields, ...outcomeOf(req, res) }),
+    customErrorObject: (req, res, _error, fields: object) => ({ ...fields, ...outcomeOf(req, res) }),
   });
 }
 
-/** The matched route pattern, so paths with ids or junk never become free-form log values. */
-export function routeOf(req: Request): string {
-  const route = (req as Request & { route?: { path?: unknown } }).route;
-  return typeof route?.path === 'string' ? route.path : 'unmatched';
-}
-
-function outcomeOf(req: Request, res: Response): Record<string, unknown> {
-  const caller = res.locals.caller as Caller | undefined;
-  const error = res.locals.error as AppError | undefined;
-  const issued = res.locals.issued as IssuedToken | undefined;
+function outcomeOf(req: IncomingMessage, res: ServerResponse): Record<string, unknown> {
+  const { caller, error, issued } = contextOf(res);
   const upstream = issued?.upstream ?? (error?.logContext as Record<string, unknown> | undefined);
   return {
     method: req.method,
-    route: routeOf(req),
+    route: routeOf(req, res),
     user: caller?.id,
     code: error?.code ?? (res.statusCode < 400 ? 'OK' : undefined),
     ...(error?.param === undefined ? {} : { param: error.param }),

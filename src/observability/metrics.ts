@@ -1,9 +1,9 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { RequestHandler } from 'express';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { BreakerState, CircuitBreaker } from '../limits/circuit-breaker';
 import type { UploadMemoryBudget } from '../limits/upload-memory-budget';
 import type { UpstreamGate } from '../limits/upstream-gate';
-import { routeOf } from '../middleware/request-logging';
+import { routeOf } from '../http/request-context';
 
 /** Every label value is bounded: route patterns, status codes and the service's own error codes. */
 export interface Metrics {
@@ -91,13 +91,13 @@ export function createMetrics({ gate, breaker, uploadBudget }: GaugeSources): Me
 }
 
 /** Times every request by its route pattern (never the raw path). */
-export function measureRequests(metrics: Metrics): RequestHandler {
-  return (req, res, next) => {
+export function measureRequests(metrics: Metrics) {
+  return (req: IncomingMessage, res: ServerResponse, next: () => void): void => {
     const end = metrics.httpDuration.startTimer();
     metrics.httpInFlight.inc();
     res.once('close', () => {
       metrics.httpInFlight.dec();
-      end({ route: routeOf(req), method: req.method.length <= 7 ? req.method : 'OTHER', status: String(res.statusCode) });
+      end({ route: routeOf(req, res), method: (req.method ?? '').length <= 7 ? (req.method ?? 'OTHER') : 'OTHER', status: String(res.statusCode) });
     });
     next();
   };

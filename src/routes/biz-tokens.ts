@@ -1,81 +1,93 @@
-import { Router } from 'express';
-import type { Caller } from '../auth/authenticate-caller';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from 'pino';
+import type { AuthenticateCaller, Caller } from '../auth/authenticate-caller';
 import { AppError } from '../errors/app-error';
+import { contextOf } from '../http/request-context';
 import type { UploadMemoryBudget } from '../limits/upload-memory-budget';
 import type { UserRateLimiter } from '../limits/user-rate-limiter';
 import { authenticate } from '../middleware/authenticate';
-import { idempotencyKey } from '../middleware/idempotency-key';
-import { parseMultipart } from '../middleware/parse-multipart';
-import { rateLimit, rateLimitPolicy, refuseUnlessReplayable } from '../middleware/rate-limit';
-import type { AuthenticateCaller } from '../auth/authenticate-caller';
+import { writeProblem } from '../middleware/error-handler';
+import { idempotencyKeyOf } from '../middleware/idempotency-key';
+import { readMultipartForm } from '../middleware/parse-multipart';
+import { rateLimitPolicy, refuseUnlessReplayable, spendRequest } from '../middleware/rate-limit';
 import type { Metrics } from '../observability/metrics';
 import { issueBizToken, type IssueBizTokenDeps, type IssuedToken } from '../use-cases/issue-biz-token';
-import type { MultipartForm } from '../token-request/multipart-form';
+
+export const BIZ_TOKENS_PATH = '/v1/biz-tokens';
 
 export interface BizTokenRouteDeps {
   authenticateCaller: AuthenticateCaller;
+  clientAddress: (req: IncomingMessage) => string;
   rateLimiter: UserRateLimiter;
   metrics: Metrics;
   uploadBudget: UploadMemoryBudget;
   useCase: IssueBizTokenDeps;
 }
 
-/** `POST /v1/biz-tokens`: who asks, how often, what they sent, then the use case. */
-export function bizTokenRoutes(deps: BizTokenRouteDeps): Router {
-  const router = Router();
+/** Whether a request is for this route; anything else on the path (GET, OPTIONS) is Express's. */
+export const isBizTokenRequest = (req: IncomingMessage): boolean => req.method === 'POST' && (req.url ?? '').split('?')[0] === BIZ_TOKENS_PATH;
+
+/**
+ * `POST /v1/biz-tokens`: who asks, how often, what they sent, then the use case. Plain node:http, not an
+ * Express route: Express's per-request work cost about a tenth of a CPU-millisecond here, a sixth of the
+ * whole budget (see BENCHMARKS.md).
+ */
+export function bizTokenRoute(deps: BizTokenRouteDeps): (req: IncomingMessage & { log: Logger }, res: ServerResponse) => void {
   const policy = rateLimitPolicy(deps.rateLimiter);
-  router.post(
-    '/v1/biz-tokens',
-    (_req, res, next) => {
-      res.setHeader('RateLimit-Policy', policy);
-      res.once('close', () => recordOutcome(deps.metrics, res.locals, res.writableFinished ? res.statusCode : undefined));
-      next();
-    },
-    authenticate(deps.authenticateCaller),
-    rateLimit(deps.rateLimiter),
-    idempotencyKey,
-    refuseUnlessReplayable(deps.useCase.idempotency),
-    parseMultipart(deps.uploadBudget),
-    async (req, res) => {
-      const caller = res.locals.caller as Caller;
-      let issued: IssuedToken;
-      try {
-        issued = await issueBizToken(
-          {
-            caller,
-            form: res.locals.form as MultipartForm,
-            idempotencyKey: res.locals.idempotencyKey as string | undefined,
-            rateLimitRefusal: res.locals.rateLimitRefusal as AppError | undefined,
-          },
-          deps.useCase,
-          req.log,
-        );
-      } catch (error) {
-        if (error instanceof AppError && error.logContext?.idempotentReplay === true) await markReplay(res.setHeader.bind(res), deps, caller);
-        throw error;
-      }
-      res.locals.issued = issued;
-      if (issued.replayed) await markReplay(res.setHeader.bind(res), deps, caller);
-      res.status(201).json(issued.body);
-    },
-  );
-  return router;
+  const identify = authenticate(deps.authenticateCaller, deps.clientAddress);
+  return (req, res) => {
+    const context = contextOf(res);
+    context.route = BIZ_TOKENS_PATH;
+    res.setHeader('RateLimit-Policy', policy);
+    res.once('close', () => recordOutcome(deps.metrics, res));
+    answer(req, res, deps, identify).catch((error: unknown) => writeProblem(res, error));
+  };
+}
+
+async function answer(
+  req: IncomingMessage & { log: Logger },
+  res: ServerResponse,
+  deps: BizTokenRouteDeps,
+  identify: (req: IncomingMessage) => Promise<Caller>,
+): Promise<void> {
+  const context = contextOf(res);
+  const caller = await identify(req);
+  context.caller = caller;
+  // Spent before the key is checked: every authenticated request counts, a malformed key included.
+  const rateLimitRefusal = await spendRequest(deps.rateLimiter, caller, res, req.headers['idempotency-key'] !== undefined);
+  const idempotencyKey = idempotencyKeyOf(req.headers);
+  if (rateLimitRefusal !== undefined) await refuseUnlessReplayable(deps.useCase.idempotency, caller, idempotencyKey, rateLimitRefusal);
+  const form = await readMultipartForm(req, res, deps.uploadBudget);
+  if (form === undefined) return;
+  let issued: IssuedToken;
+  try {
+    issued = await issueBizToken({ caller, form, idempotencyKey, rateLimitRefusal }, deps.useCase, req.log);
+  } catch (error) {
+    if (error instanceof AppError && error.logContext?.idempotentReplay === true) await markReplay(res, deps, caller);
+    throw error;
+  }
+  context.issued = issued;
+  if (issued.replayed) await markReplay(res, deps, caller);
+  const body = JSON.stringify(issued.body);
+  res.statusCode = 201;
+  res.setHeader('Content-Type', 'application/json; charset=utf-8');
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.end(body);
 }
 
 /** A replay costs no FaceID call, so it gives back the request it took from the caller's window. */
-async function markReplay(setHeader: (name: string, value: string) => unknown, deps: BizTokenRouteDeps, caller: Caller): Promise<void> {
-  setHeader('Idempotent-Replayed', 'true');
+async function markReplay(res: ServerResponse, deps: BizTokenRouteDeps, caller: Caller): Promise<void> {
+  res.setHeader('Idempotent-Replayed', 'true');
   deps.metrics.idempotentReplays.inc();
   await deps.rateLimiter.refund(caller.id);
 }
 
-/** `status` is undefined when the client left before the answer was sent. */
-function recordOutcome(metrics: Metrics, locals: Record<string, unknown>, status: number | undefined): void {
-  const error = locals.error as AppError | undefined;
-  const code = status === undefined ? 'CLIENT_CLOSED' : (error?.code ?? 'OK');
+/** The outcome is CLIENT_CLOSED when the client left before the answer was sent. */
+function recordOutcome(metrics: Metrics, res: ServerResponse): void {
+  const { error, issued } = contextOf(res);
+  const code = !res.writableFinished ? 'CLIENT_CLOSED' : (error?.code ?? 'OK');
   metrics.outcomes.inc({ code });
   if (code === 'RATE_LIMITED') metrics.rateLimitRejections.inc();
-  const issued = locals.issued as IssuedToken | undefined;
   const upstream: Record<string, unknown> | undefined = issued?.upstream ?? error?.logContext;
   if (typeof upstream?.upstreamMs === 'number') metrics.upstreamDuration.observe({ outcome: code }, upstream.upstreamMs / 1000);
   if (typeof upstream?.faceidResult === 'string') metrics.faceidResults.inc({ result: upstream.faceidResult });

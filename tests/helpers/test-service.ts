@@ -75,7 +75,7 @@ export async function startTestService(env: Record<string, string | undefined> =
     config,
     sandbox: upstream,
     log,
-    http: () => supertest.agent(service.app),
+    http: () => supertest.agent(service.handler),
     close: async () => {
       await service.close();
       if (sandbox === undefined) await upstream.close();
