@@ -88,6 +88,7 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
     cors({ origin: config.corsOrigins.length > 0 ? config.corsOrigins : false, exposedHeaders: EXPOSED_HEADERS }),
   ];
   const tokenRoute = bizTokenRoute({
+    logger,
     authenticateCaller: createCallerAuthenticator(config.auth, logger),
     clientAddress: clientAddressOf(config.trustProxy),
     rateLimiter: createUserRateLimiter(config.rateLimit, shared),

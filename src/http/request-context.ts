@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from 'pino';
 import type { Caller } from '../auth/authenticate-caller';
 import type { AppError } from '../errors/app-error';
 import type { IssuedToken } from '../use-cases/issue-biz-token';
@@ -11,8 +12,12 @@ export interface RequestContext {
   requestId: string;
   /** The route pattern, never the raw path; set by the token route, else Express's matched route. */
   route: string | undefined;
+  /** Carries the request id into every line logged while the request is answered. */
+  log?: Logger;
   caller?: Caller;
   error?: AppError;
+  /** For the log line of a 5xx: the bug behind an INTERNAL_ERROR. */
+  cause?: Error;
   issued?: IssuedToken;
 }
 

@@ -1,8 +1,8 @@
 import pino, { type DestinationStream, type Logger } from 'pino';
 
 /**
- * The service's logger. Request and response objects are never logged whole (see the pino-http
- * serializers in middleware/request-logging.ts); this redaction is the second line of defence for anything
+ * The service's logger. Request and response objects are never logged whole (see the request line written by
+ * middleware/request-logging.ts); this redaction is the second line of defence for anything
  * that still carries a secret under a well-known name.
  */
 const REDACTED_PATHS = [

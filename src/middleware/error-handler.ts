@@ -13,8 +13,7 @@ export function writeProblem(res: ServerResponse, error: unknown): void {
   const context = contextOf(res);
   context.error = appError;
   if (res.headersSent || res.destroyed) return;
-  // The request log line of a 5xx shows this error: the real cause of a bug, the AppError otherwise.
-  if (appError.status >= 500) (res as ServerResponse & { err?: unknown }).err = appError.code === 'INTERNAL_ERROR' && appError.cause instanceof Error ? appError.cause : appError;
+  if (appError.code === 'INTERNAL_ERROR' && appError.cause instanceof Error) context.cause = appError.cause;
   if (appError.retryAfterSeconds !== undefined) res.setHeader('Retry-After', String(appError.retryAfterSeconds));
   if (appError.status === 401) res.setHeader('WWW-Authenticate', 'Bearer');
   const body = JSON.stringify({

@@ -26,7 +26,7 @@ export async function readMultipartForm(req: IncomingMessage, res: ServerRespons
   const announced = header === undefined ? undefined : Number(header);
   if (announced !== undefined && announced > MAX_REQUEST_BYTES) {
     // Refuse without reading: the connection closes so the rest of the upload is not waited for.
-    res.setHeader('Connection', 'close');
+    closeAfterAnswer(req, res);
     throw uploadTooLarge(MAX_REQUEST_BYTES);
   }
   // Held until the answer is sent (the use case keeps the photos until FaceID has them). The listener
@@ -46,7 +46,27 @@ export async function readMultipartForm(req: IncomingMessage, res: ServerRespons
     return parseMultipartBody(await readUpload(req, announced, MAX_REQUEST_BYTES), boundary);
   } catch (error) {
     // A refused or broken upload is not read to its end: the rest of it is not worth waiting for.
-    if (error instanceof AppError && error.status !== 400) res.setHeader('Connection', 'close');
+    if (error instanceof AppError && error.status !== 400) closeAfterAnswer(req, res);
     throw error;
   }
+}
+
+/** How long a refused upload's connection is drained after the answer, so the client can read it. */
+const LINGER_MS = 2_000;
+
+/**
+ * Closes the connection after the answer without cutting off a client still sending: the socket is
+ * half-closed and what still arrives is read and dropped for a moment, as nginx's lingering close does.
+ * Closing at once would make the kernel answer those bytes with a reset, and many clients then report the
+ * reset instead of the 413 or 503 already in their receive buffer.
+ */
+function closeAfterAnswer(req: IncomingMessage, res: ServerResponse): void {
+  res.setHeader('Connection', 'close');
+  const socket = req.socket;
+  socket.destroySoon = () => {
+    socket.end();
+    req.resume();
+    socket.resume();
+    setTimeout(() => socket.destroy(), LINGER_MS).unref();
+  };
 }

@@ -16,6 +16,8 @@ import { issueBizToken, type IssueBizTokenDeps, type IssuedToken } from '../use-
 export const BIZ_TOKENS_PATH = '/v1/biz-tokens';
 
 export interface BizTokenRouteDeps {
+  /** For a request that reached the route without the request logger's child (never, in app.ts). */
+  logger: Logger;
   authenticateCaller: AuthenticateCaller;
   clientAddress: (req: IncomingMessage) => string;
   rateLimiter: UserRateLimiter;
@@ -32,7 +34,7 @@ export const isBizTokenRequest = (req: IncomingMessage): boolean => req.method =
  * Express route: Express's per-request work cost about a tenth of a CPU-millisecond here, a sixth of the
  * whole budget (see BENCHMARKS.md).
  */
-export function bizTokenRoute(deps: BizTokenRouteDeps): (req: IncomingMessage & { log: Logger }, res: ServerResponse) => void {
+export function bizTokenRoute(deps: BizTokenRouteDeps): (req: IncomingMessage, res: ServerResponse) => void {
   const policy = rateLimitPolicy(deps.rateLimiter);
   const identify = authenticate(deps.authenticateCaller, deps.clientAddress);
   return (req, res) => {
@@ -45,7 +47,7 @@ export function bizTokenRoute(deps: BizTokenRouteDeps): (req: IncomingMessage & 
 }
 
 async function answer(
-  req: IncomingMessage & { log: Logger },
+  req: IncomingMessage,
   res: ServerResponse,
   deps: BizTokenRouteDeps,
   identify: (req: IncomingMessage) => Promise<Caller>,
@@ -61,7 +63,7 @@ async function answer(
   if (form === undefined) return;
   let issued: IssuedToken;
   try {
-    issued = await issueBizToken({ caller, form, idempotencyKey, rateLimitRefusal }, deps.useCase, req.log);
+    issued = await issueBizToken({ caller, form, idempotencyKey, rateLimitRefusal }, deps.useCase, context.log ?? deps.logger);
   } catch (error) {
     if (error instanceof AppError && error.logContext?.idempotentReplay === true) await markReplay(res, deps, caller);
     throw error;
