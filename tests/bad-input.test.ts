@@ -313,6 +313,48 @@ describe('broken multipart', () => {
     await expectUnharmed(before);
   });
 
+  test('when the boundary is quoted in the Content-Type, then the body is read as usual and a token is issued', async () => {
+    const response = await postRaw(`multipart/form-data; boundary="${BOUNDARY}"`, multipartBody(validParts()));
+    expect(response.status).toBe(201);
+  });
+
+  test('when a preamble comes before the first boundary and an epilogue after the last, then both are ignored and a token is issued', async () => {
+    const body = Buffer.concat([Buffer.from('a preamble no parser reads\r\n', 'latin1'), multipartBody(validParts()), Buffer.from('an epilogue', 'latin1')]);
+    const response = await postRaw(multipartType, body);
+    expect(response.status).toBe(201);
+  });
+
+  test('when the boundary has a character RFC 2046 does not allow, then 400 BAD_ARGUMENTS and nothing goes upstream', async () => {
+    const before = upstreamMark();
+    const response = await postRaw('multipart/form-data; boundary=bad{boundary}', multipartBody(validParts(), 'bad{boundary}'));
+    expectResponseProblem(response, { status: 400, code: 'BAD_ARGUMENTS' });
+    await expectUnharmed(before);
+  });
+
+  test('when the body ends without its closing boundary, then 400 BAD_ARGUMENTS and nothing goes upstream', async () => {
+    const before = upstreamMark();
+    const whole = multipartBody(validParts());
+    const response = await postRaw(multipartType, whole.subarray(0, whole.length - `--${BOUNDARY}--\r\n`.length - 2));
+    expectResponseProblem(response, { status: 400, code: 'BAD_ARGUMENTS' });
+    await expectUnharmed(before);
+  });
+
+  test('when a part carries 4 KiB of headers, then 400 BAD_ARGUMENTS and nothing goes upstream', async () => {
+    const before = upstreamMark();
+    const padded = Buffer.from(`--${BOUNDARY}\r\nX-Padding: ${'p'.repeat(4096)}\r\nContent-Disposition: form-data; name="biz_no"\r\n\r\nx\r\n`, 'latin1');
+    const response = await postRaw(multipartType, Buffer.concat([padded, multipartBody(validParts())]));
+    expectResponseProblem(response, { status: 400, code: 'BAD_ARGUMENTS' });
+    await expectUnharmed(before);
+  });
+
+  test('when a text field is sent as a file through filename*, then 400 names it and nothing goes upstream', async () => {
+    const before = upstreamMark();
+    const field = Buffer.from(`--${BOUNDARY}\r\nContent-Disposition: form-data; name="biz_no"; filename*=UTF-8''n.txt\r\n\r\nx\r\n`, 'latin1');
+    const response = await postRaw(multipartType, Buffer.concat([field, multipartBody(validParts())]));
+    expectResponseProblem(response, { status: 400, code: 'BAD_ARGUMENTS', param: 'biz_no' });
+    await expectUnharmed(before);
+  });
+
   test('when the body stops half-way and the client half-closes, then the service answers 4xx or closes, and keeps serving', async () => {
     const before = upstreamMark();
     const body = multipartBody(validParts());
