@@ -51,7 +51,7 @@ export function validateTokenRequest(form: MultipartForm, { policy, clientSendsU
     if (serverOwned(name)) throw badArgument(name, `${name} is set by the service and may not be sent`);
     if (PARAMETERS[name].kind === 'file') throw badArgument(name, `${name} must be sent as a file`);
     if (values.length > 1) throw badArgument(name, `${name} is repeated`);
-    // busboy decodes invalid UTF-8 to U+FFFD; forwarding it would silently alter a name.
+    // The parser decodes invalid UTF-8 to U+FFFD; forwarding it would silently alter a name.
     if (values[0]?.includes('\uFFFD')) throw badArgument(name, `${name} is not valid UTF-8`);
   }
   for (const [name, files] of form.files) {
