@@ -15,7 +15,7 @@ import { createUploadMemoryBudget } from './limits/upload-memory-budget';
 import { createUpstreamGate } from './limits/upstream-gate';
 import { createUserRateLimiter } from './limits/user-rate-limiter';
 import { securityHeaders } from './http/security-headers';
-import { clientAddressOf } from './middleware/authenticate';
+import { clientAddressOf, type TrustProxy } from './middleware/authenticate';
 import { errorHandler, notFound, writeProblem } from './middleware/error-handler';
 import { requestId } from './middleware/request-id';
 import { requestLogging } from './middleware/request-logging';
@@ -64,15 +64,18 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
       shared.redis === undefined
         ? local
         : createResilientIdempotencyStore(createRedisIdempotencyStore(shared.redis), local, () => shared.state() === 'ready'),
-    budget: createUpstreamBudget(config.faceid.dailyBudget, shared),
+    budget: createUpstreamBudget(config.faceid.dailyBudget, shared, logger),
     gate,
     breaker,
-    policy: config.policy,
-    authMode: config.auth.mode,
+    validation: { policy: config.policy, clientSendsUuid: config.auth.mode === 'none' },
     idempotencyWaitMs: config.faceid.timeoutMs + config.faceid.queueTimeoutMs + IDEMPOTENCY_WAIT_MARGIN_MS,
   };
   let shuttingDown = false;
   const readiness: Readiness = () => ({ shuttingDown, redis: shared.state() });
+
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', config.trustProxy);
 
   // Every request passes the same front steps, whichever side then answers it.
   const front: FrontStep[] = [
@@ -85,21 +88,19 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
     requestLogging(logger),
     measureRequests(metrics),
     securityHeaders(),
-    cors({ origin: config.corsOrigins.length > 0 ? config.corsOrigins : false, exposedHeaders: EXPOSED_HEADERS }),
+    // Without origins, cors would only pass every request on.
+    ...(config.corsOrigins.length > 0 ? [cors({ origin: config.corsOrigins, exposedHeaders: EXPOSED_HEADERS })] : []),
   ];
   const tokenRoute = bizTokenRoute({
     logger,
     authenticateCaller: createCallerAuthenticator(config.auth, logger),
-    clientAddress: clientAddressOf(config.trustProxy),
+    clientAddress: clientAddressOf(app.get('trust proxy fn') as TrustProxy),
     rateLimiter: createUserRateLimiter(config.rateLimit, shared),
     metrics,
     uploadBudget,
     useCase,
   });
 
-  const app = express();
-  app.disable('x-powered-by');
-  app.set('trust proxy', config.trustProxy);
   app.use(...front);
   app.use(
     opsRoutes({
@@ -131,7 +132,7 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
 
 type FrontStep = (req: IncomingMessage, res: ServerResponse, next: (error?: unknown) => void) => void;
 
-/** Runs the front steps in order, as Express would, then the route; a step's error becomes the answer. */
+/** Runs the front steps in order, as Express would, then the route; a step's error, passed or thrown, becomes the answer. */
 function runFront(steps: readonly FrontStep[], req: IncomingMessage, res: ServerResponse, route: () => void): void {
   let index = 0;
   const next = (error?: unknown): void => {
@@ -141,8 +142,12 @@ function runFront(steps: readonly FrontStep[], req: IncomingMessage, res: Server
     }
     const step = steps[index];
     index += 1;
-    if (step === undefined) route();
-    else step(req, res, next);
+    try {
+      if (step === undefined) route();
+      else step(req, res, next);
+    } catch (thrown) {
+      writeProblem(res, thrown);
+    }
   };
   next();
 }

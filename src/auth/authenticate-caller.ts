@@ -1,4 +1,4 @@
-import { createHmac, createPublicKey, type KeyObject } from 'node:crypto';
+import { createHmac, createPublicKey, createSecretKey, type KeyObject } from 'node:crypto';
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTVerifyResult } from 'jose';
 import type { Logger } from 'pino';
 import type { Config } from '../config/load-config';
@@ -13,7 +13,8 @@ export interface Caller {
   uuid: string | undefined;
 }
 
-export type AuthenticateCaller = (authorization: string | undefined, clientIp: string) => Promise<Caller>;
+/** `clientAddress` is asked only when the address is the caller's identity (AUTH_MODE=none). */
+export type AuthenticateCaller = (authorization: string | undefined, clientAddress: () => string) => Promise<Caller>;
 
 const JWKS_UNAVAILABLE = 'the signing keys could not be fetched';
 const ASYMMETRIC_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'];
@@ -23,10 +24,11 @@ const JWKS_OPTIONS = { timeoutDuration: 3_000, cooldownDuration: 30_000, cacheMa
 
 /** Builds the caller check once at start-up; a bad key fails the start, not the first request. */
 export function createCallerAuthenticator(auth: Config['auth'], log: Logger): AuthenticateCaller {
-  const pseudonym = (value: string): string => createHmac('sha256', auth.uuidSalt).update(value).digest('hex');
+  const salt = createSecretKey(Buffer.from(auth.uuidSalt, 'utf8'));
+  const pseudonym = (value: string): string => createHmac('sha256', salt).update(value).digest('hex');
 
   if (auth.mode === 'none') {
-    return async (_authorization, clientIp) => ({ id: pseudonym(`ip:${clientIp}`), uuid: undefined });
+    return async (_authorization, clientAddress) => ({ id: pseudonym(`ip:${clientAddress()}`), uuid: undefined });
   }
 
   const verify = verifier(auth);

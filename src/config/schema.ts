@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { MAX_REQUEST_BYTES } from '../faceid/parameters';
 
 /**
  * Every environment variable the service reads, with its default and meaning. The README's configuration
@@ -68,7 +69,7 @@ export const envSchema = z.object({
   POLICY_SECURITY_LEVEL: z.enum(['1', '2', '3', '4']).default('2').describe('`security_level` sent on every request.'),
   POLICY_FORCE_COMPARE: flag.default('0').describe('`force_compare` sent on every request.'),
 
-  UPLOAD_MEMORY_MB: integer(20, 4096).default(32).describe('Request bodies held in memory at once, in MiB; further uploads wait unread.'),
+  UPLOAD_MEMORY_MB: integer(MAX_REQUEST_BYTES / 1024 / 1024, 4096).default(32).describe('Request bodies held in memory at once, in MiB; further uploads wait unread.'),
   UPLOAD_QUEUE_TIMEOUT_MS: integer(0, 120_000).default(10_000).describe('Longest wait of an upload for memory before 503 UPSTREAM_BUSY.'),
   CORS_ORIGINS: optionalText.describe('Comma-separated origins allowed by CORS; unset: CORS closed.'),
   METRICS_PORT: integer(1, 65535).optional().describe('Serve /metrics on this port only (not on PORT).'),

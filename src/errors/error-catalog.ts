@@ -1,3 +1,6 @@
+import { MAX_REQUEST_BYTES } from '../faceid/parameters';
+import { MAX_IMAGE_SIDE } from '../images/inspect-image';
+
 /**
  * Every error code the service answers with: its status, when it happens, and an example. The OpenAPI
  * document is built from this list; a test checks the README's runbook has a row for each 5xx code.
@@ -22,8 +25,8 @@ export const ERROR_CATALOG = {
   },
   INVALID_IMAGE_SIZE: {
     status: 400,
-    when: 'An image is wider or taller than 4096 pixels.',
-    example: { detail: 'image_ref1 is wider or taller than 4096 pixels', param: 'image_ref1' },
+    when: `An image is wider or taller than ${MAX_IMAGE_SIDE} pixels.`,
+    example: { detail: `image_ref1 is wider or taller than ${MAX_IMAGE_SIDE} pixels`, param: 'image_ref1' },
   },
   NO_FACE_FOUND: { status: 400, when: 'FaceID found no face in an image.', example: { detail: 'FaceID: NO_FACE_FOUND (image_ref1)', param: 'image_ref1' } },
   MULTIPLE_FACES: { status: 400, when: 'FaceID found several faces in `image`.', example: { detail: 'FaceID: MULTIPLE_FACES (image)', param: 'image' } },
@@ -40,7 +43,11 @@ export const ERROR_CATALOG = {
     when: 'The Idempotency-Key was used with a different body, or its first request is still being answered after the wait.',
     example: { detail: 'this Idempotency-Key was used with a different request body', param: 'Idempotency-Key' },
   },
-  PAYLOAD_TOO_LARGE: { status: 413, when: 'The request is over 20 MB (the service\'s limit, or FaceID\'s own 413).', example: { detail: 'the request is larger than 20971520 bytes' } },
+  PAYLOAD_TOO_LARGE: {
+    status: 413,
+    when: `The request is over ${MAX_REQUEST_BYTES / 1024 / 1024} MiB (the service's limit, or FaceID's own 413).`,
+    example: { detail: `the request is larger than ${MAX_REQUEST_BYTES} bytes` },
+  },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, when: 'The body is not multipart/form-data.', example: { detail: 'the body must be multipart/form-data' } },
   RATE_LIMITED: { status: 429, when: 'The user\'s rate limit is spent; see Retry-After.', example: { detail: 'at most 5 token requests per 60 s; try again later' } },
   RETRY_LIMIT_REACHED: { status: 429, when: 'FaceID\'s per-user retry limit (MORE_RETRY_TIMES).', example: { detail: 'FaceID\'s retry limit for this user is reached' } },

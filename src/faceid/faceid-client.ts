@@ -5,6 +5,7 @@ import type { FaceIdCredentials } from '../config/load-config';
 import { AppError } from '../errors/app-error';
 import type { ImageFormat } from '../images/inspect-image';
 import { encodeMultipart } from './multipart-encoder';
+import type { FileParameterName, ParameterName } from './parameters';
 import { freshSign, SIGN_VERSION } from './sign';
 import { isKnownCode, isRetryable, parseFaceIdError, toAppError, upstreamError, type FaceIdFailure } from './faceid-errors';
 
@@ -12,10 +13,10 @@ export const GET_BIZ_TOKEN_PATH = '/faceid/v3/sdk/get_biz_token';
 
 export interface UpstreamTokenRequest {
   /** Fields as the client sent them (validated). */
-  clientFields: ReadonlyArray<readonly [string, string]>;
+  clientFields: ReadonlyArray<readonly [ParameterName, string]>;
   /** Fields the service sets (uuid, security_level, force_compare); `sign` and `sign_version` are added here. */
-  serviceFields: ReadonlyArray<readonly [string, string]>;
-  images: ReadonlyArray<{ name: string; bytes: Buffer; format: ImageFormat }>;
+  serviceFields: ReadonlyArray<readonly [ParameterName, string]>;
+  images: ReadonlyArray<{ name: FileParameterName; bytes: Buffer; format: ImageFormat }>;
 }
 
 export interface UpstreamToken {
@@ -28,6 +29,7 @@ export interface UpstreamToken {
 }
 
 export interface FaceIdClientOptions {
+  /** Without a trailing slash (the config trims it). */
   baseUrl: string;
   credentials: FaceIdCredentials;
   timeoutMs: number;
@@ -66,7 +68,7 @@ export class FaceIdClient {
    * never needs one.
    */
   constructor(private readonly options: FaceIdClientOptions) {
-    this.url = new URL(`${options.baseUrl.replace(/\/+$/, '')}${GET_BIZ_TOKEN_PATH}`);
+    this.url = new URL(`${options.baseUrl}${GET_BIZ_TOKEN_PATH}`);
     const secure = this.url.protocol === 'https:';
     this.transport = secure ? https : http;
     this.agent = secure ? new https.Agent({ keepAlive: true, maxSockets: options.maxSockets }) : new http.Agent({ keepAlive: true, maxSockets: options.maxSockets });
@@ -75,7 +77,6 @@ export class FaceIdClient {
   async getBizToken(request: UpstreamTokenRequest, log: Logger): Promise<UpstreamToken> {
     const started = performance.now();
     const deadline = AbortSignal.timeout(this.options.timeoutMs);
-    const serviceFields = new Set(['sign', 'sign_version', ...request.serviceFields.map(([name]) => name)]);
     let attempts = 0;
     for (;;) {
       attempts += 1;
@@ -95,7 +96,7 @@ export class FaceIdClient {
         await sleep(backoffMs);
         continue;
       }
-      throw this.toError(outcome, serviceFields, {
+      throw this.toError(outcome, new Set(['sign', 'sign_version', ...request.serviceFields.map(([name]) => name)]), {
         ...context,
         faceidRequestId: 'requestId' in outcome ? outcome.requestId : undefined,
         faceidResult: resultOf(outcome),

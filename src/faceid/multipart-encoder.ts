@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import type { ParameterName } from './parameters';
 
 export interface EncodedForm {
   contentType: string;
@@ -8,7 +9,7 @@ export interface EncodedForm {
 }
 
 export interface FormFile {
-  name: string;
+  name: ParameterName;
   filename: string;
   contentType: string;
   bytes: Buffer;
@@ -16,10 +17,11 @@ export interface FormFile {
 
 /**
  * Encodes multipart/form-data (RFC 7578) around the photos without copying them: the photos are written
- * to the socket as they are, between small prebuilt headers. Names and file names here are the service's
- * own (the parameter table's), never the client's, so they need no escaping.
+ * to the socket as they are, between small prebuilt headers. Names are typed as the parameter table's
+ * and file names are built from them, never taken from the client, so no quote or line break can reach
+ * the part headers.
  */
-export function encodeMultipart(fields: ReadonlyArray<readonly [string, string]>, files: readonly FormFile[]): EncodedForm {
+export function encodeMultipart(fields: ReadonlyArray<readonly [ParameterName, string]>, files: readonly FormFile[]): EncodedForm {
   // 96 random bits: a photo containing the delimiter by chance is as likely as one guessing it.
   const boundary = `----faceid-token-service-${randomBytes(12).toString('hex')}`;
   const text = fields.map(([name, value]) => `--${boundary}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\n${value}\r\n`).join('');

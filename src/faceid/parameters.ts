@@ -1,5 +1,13 @@
 import { z } from 'zod';
 import type { ComparisonType, LivenessType } from '../config/load-config';
+import { MAX_IMAGE_SIDE } from '../images/inspect-image';
+import { SIGN_VERSION } from './sign';
+
+/**
+ * FaceID refuses requests over 20 MB; the service refuses them first.
+ * @see ../shared/seed/App-GetBizToken.md (413 Request Entity Too Large)
+ */
+export const MAX_REQUEST_BYTES = 20 * 1024 * 1024;
 
 /**
  * The parameters of App-GetBizToken exactly as FaceID documents them: their value formats and which
@@ -72,7 +80,7 @@ export const PARAMETERS: Record<ParameterName, ParameterRule> = {
   sign: { kind: 'text', schema: z.string().min(1), requiredFor: { always: true }, description: 'Request signature (App-Authentication).' },
   sign_version: {
     kind: 'text',
-    schema: z.literal('hmac_sha1', { error: 'must be "hmac_sha1"' }),
+    schema: z.literal(SIGN_VERSION, { error: `must be "${SIGN_VERSION}"` }),
     requiredFor: { always: true },
     description: 'Signature algorithm version: hmac_sha1.',
   },
@@ -112,9 +120,9 @@ export const PARAMETERS: Record<ParameterName, ParameterRule> = {
   image_ref1: {
     kind: 'file',
     requiredFor: { comparisonTypes: ['0'] },
-    description: 'Reference face photo (JPEG, PNG or BMP, at most 4096 px a side).',
+    description: `Reference face photo (JPEG, PNG or BMP, at most ${MAX_IMAGE_SIDE} px a side).`,
   },
-  image_ref2: { kind: 'file', description: 'Second reference face photo (JPEG, PNG or BMP, at most 4096 px a side).' },
+  image_ref2: { kind: 'file', description: `Second reference face photo (JPEG, PNG or BMP, at most ${MAX_IMAGE_SIDE} px a side).` },
   image: {
     kind: 'file',
     livenessTypes: ['raw_image'],

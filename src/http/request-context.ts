@@ -1,5 +1,4 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Logger } from 'pino';
 import type { Caller } from '../auth/authenticate-caller';
 import type { AppError } from '../errors/app-error';
 import type { IssuedToken } from '../use-cases/issue-biz-token';
@@ -12,12 +11,8 @@ export interface RequestContext {
   requestId: string;
   /** The route pattern, never the raw path; set by the token route, else Express's matched route. */
   route: string | undefined;
-  /** Carries the request id into every line logged while the request is answered. */
-  log?: Logger;
   caller?: Caller;
   error?: AppError;
-  /** For the log line of a 5xx: the bug behind an INTERNAL_ERROR. */
-  cause?: Error;
   issued?: IssuedToken;
 }
 
@@ -36,4 +31,16 @@ export function contextOf(res: ServerResponse): RequestContext {
 export function routeOf(req: IncomingMessage, res: ServerResponse): string {
   const expressRoute = (req as IncomingMessage & { route?: { path?: unknown } }).route;
   return contextOf(res).route ?? (typeof expressRoute?.path === 'string' ? expressRoute.path : 'unmatched');
+}
+
+/**
+ * How the request ended, for its log line and the metrics alike: the service's code (`CLIENT_CLOSED` when
+ * the client left before the answer was out) and the upstream facts when FaceID was asked.
+ */
+export function outcomeOf(res: ServerResponse): { code: string; upstream: Record<string, unknown> | undefined } {
+  const { error, issued } = contextOf(res);
+  return {
+    code: !res.writableFinished ? 'CLIENT_CLOSED' : (error?.code ?? 'OK'),
+    upstream: issued?.upstream ?? error?.logContext,
+  };
 }

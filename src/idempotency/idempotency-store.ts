@@ -4,6 +4,12 @@ export interface StoredAnswer {
   body: Record<string, unknown>;
 }
 
+/** A record whose request has been answered. */
+export interface AnsweredRecord {
+  fingerprint: string;
+  answer: StoredAnswer;
+}
+
 export type ClaimResult =
   /** Nobody holds the key: the claimant makes the upstream call and must complete or release. */
   | { kind: 'claimed'; owner: string }

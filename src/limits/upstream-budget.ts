@@ -6,12 +6,12 @@ import type { SharedStore } from './shared-store';
 /** The operator's ceiling on FaceID calls per UTC day, so a runaway client cannot run up the bill. */
 export interface UpstreamBudget {
   /** Spends one call, or throws 503 UPSTREAM_BUSY once the day's budget is gone. */
-  take(log: Logger): Promise<void>;
+  take(): Promise<void>;
 }
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 
-export function createUpstreamBudget(perDay: number | undefined, store: SharedStore): UpstreamBudget {
+export function createUpstreamBudget(perDay: number | undefined, store: SharedStore, log: Logger): UpstreamBudget {
   if (perDay === undefined) return { take: async () => undefined };
   // One key per UTC day that outlives the day, so the count never restarts mid-day.
   const options = { keyPrefix: 'budget', points: perDay, duration: 2 * DAY_MS / 1000 };
@@ -23,7 +23,7 @@ export function createUpstreamBudget(perDay: number | undefined, store: SharedSt
   let warnedFor = '';
 
   return {
-    async take(log) {
+    async take() {
       const now = Date.now();
       const day = new Date(now).toISOString().slice(0, 10);
       try {

@@ -1,23 +1,14 @@
 import type { IncomingMessage } from 'node:http';
 import proxyAddr from 'proxy-addr';
-import type { AuthenticateCaller, Caller } from '../auth/authenticate-caller';
-import type { Config } from '../config/load-config';
+
+/** Express's compiled TRUST_PROXY rule (`app.get('trust proxy fn')`). */
+export type TrustProxy = (address: string, hop: number) => boolean;
 
 /**
- * The client's address under TRUST_PROXY, with Express's own rules (proxy-addr): forged X-Forwarded-For
- * headers count only from trusted proxies.
+ * The client's address under the same TRUST_PROXY rule Express applies to its own routes: forged
+ * X-Forwarded-For headers count only from trusted proxies.
  */
-export function clientAddressOf(trustProxy: Config['trustProxy']): (req: IncomingMessage) => string {
-  const trust =
-    trustProxy === true
-      ? () => true
-      : typeof trustProxy === 'number'
-        ? (_address: string, hop: number) => hop < trustProxy
-        : proxyAddr.compile(trustProxy === false ? [] : trustProxy);
-  return (req) => proxyAddr(req, trust);
-}
-
-/** Who is asking, or a 401 before any budget is spent. */
-export function authenticate(authenticateCaller: AuthenticateCaller, clientAddress: (req: IncomingMessage) => string) {
-  return (req: IncomingMessage): Promise<Caller> => authenticateCaller(req.headers.authorization, clientAddress(req));
+export function clientAddressOf(trust: TrustProxy): (req: IncomingMessage) => string {
+  // proxy-addr has nothing to return once the socket is gone.
+  return (req) => (proxyAddr(req, trust) as string | undefined) ?? 'unknown';
 }

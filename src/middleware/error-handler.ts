@@ -2,6 +2,7 @@ import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { ErrorRequestHandler } from 'express';
 import { AppError } from '../errors/app-error';
 import { contextOf } from '../http/request-context';
+import { sendJson } from '../http/response';
 
 /**
  * The one place errors become answers: RFC 9457 problem+json. A 5xx never shows its cause to the caller;
@@ -13,10 +14,9 @@ export function writeProblem(res: ServerResponse, error: unknown): void {
   const context = contextOf(res);
   context.error = appError;
   if (res.headersSent || res.destroyed) return;
-  if (appError.code === 'INTERNAL_ERROR' && appError.cause instanceof Error) context.cause = appError.cause;
   if (appError.retryAfterSeconds !== undefined) res.setHeader('Retry-After', String(appError.retryAfterSeconds));
   if (appError.status === 401) res.setHeader('WWW-Authenticate', 'Bearer');
-  const body = JSON.stringify({
+  sendJson(res, appError.status, 'application/problem+json', {
     type: 'about:blank',
     title: STATUS_CODES[appError.status] ?? 'Error',
     status: appError.status,
@@ -25,10 +25,6 @@ export function writeProblem(res: ServerResponse, error: unknown): void {
     detail: appError.message,
     request_id: context.requestId,
   });
-  res.statusCode = appError.status;
-  res.setHeader('Content-Type', 'application/problem+json; charset=utf-8');
-  res.setHeader('Content-Length', Buffer.byteLength(body));
-  res.end(body);
 }
 
 export const errorHandler: ErrorRequestHandler = (error: unknown, _req, res, next) => {
@@ -45,12 +41,10 @@ export function notFound(req: IncomingMessage & { path?: string }, _res: ServerR
 
 function toAppError(error: unknown): AppError {
   if (error instanceof AppError) return error;
-  // Errors from Express's own body handling carry a 4xx status and are the caller's.
+  // Express's router and static files fail with a 4xx status (a malformed path, say): the caller's mistake.
   const status = (error as { status?: unknown } | undefined)?.status;
   if (typeof status === 'number' && status >= 400 && status < 500) {
-    return status === 413
-      ? new AppError(413, 'PAYLOAD_TOO_LARGE', 'the request is too large', { cause: error })
-      : new AppError(400, 'BAD_ARGUMENTS', 'the request could not be read', { cause: error });
+    return new AppError(400, 'BAD_ARGUMENTS', 'the request could not be read', { cause: error });
   }
   return new AppError(500, 'INTERNAL_ERROR', 'an internal error occurred; it has been logged', { cause: error });
 }

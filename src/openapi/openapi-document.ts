@@ -2,8 +2,9 @@ import { STATUS_CODES } from 'node:http';
 import { z } from 'zod';
 import type { Config } from '../config/load-config';
 import { ERROR_CATALOG, type ErrorCode } from '../errors/error-catalog';
-import { PARAMETERS, type ParameterName } from '../faceid/parameters';
-import { MAX_REQUEST_BYTES } from '../middleware/parse-multipart';
+import { MAX_REQUEST_BYTES, PARAMETERS, type ParameterName } from '../faceid/parameters';
+import { MAX_IMAGE_SIDE } from '../images/inspect-image';
+import { BIZ_TOKENS_PATH } from '../routes/biz-tokens';
 import { SERVER_OWNED } from '../token-request/validate-token-request';
 
 type Json = Record<string, unknown>;
@@ -57,7 +58,7 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
         'Issues Megvii FaceID biz_tokens for the MegLiveStill SDK without the app ever holding FaceID\'s secret. Field names and value formats are FaceID\'s own (App-GetBizToken).',
     },
     paths: {
-      '/v1/biz-tokens': {
+      [BIZ_TOKENS_PATH]: {
         post: {
           operationId: 'issueBizToken',
           summary: 'Get a biz_token for one liveness and comparison session',
@@ -74,7 +75,7 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
           ],
           requestBody: {
             required: true,
-            description: `multipart/form-data, at most ${MAX_REQUEST_BYTES} bytes in all. Images are JPEG, PNG or BMP (by content), at most 4096 px a side.`,
+            description: `multipart/form-data, at most ${MAX_REQUEST_BYTES} bytes in all. Images are JPEG, PNG or BMP (by content), at most ${MAX_IMAGE_SIDE} px a side.`,
             content: {
               'multipart/form-data': {
                 schema: { type: 'object', required: ['comparison_type', 'liveness_type'], additionalProperties: false, properties },

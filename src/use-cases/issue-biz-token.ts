@@ -4,13 +4,14 @@ import type { Caller } from '../auth/authenticate-caller';
 import type { Config } from '../config/load-config';
 import { AppError, type ErrorCode } from '../errors/app-error';
 import type { UpstreamToken, UpstreamTokenRequest } from '../faceid/faceid-client';
-import type { IdempotencyStore, StoredAnswer } from '../idempotency/idempotency-store';
+import type { ParameterName } from '../faceid/parameters';
+import type { AnsweredRecord, IdempotencyStore, StoredAnswer } from '../idempotency/idempotency-store';
 import { idempotencyRecordKey } from '../idempotency/record-key';
 import type { CircuitBreaker } from '../limits/circuit-breaker';
 import type { UpstreamBudget } from '../limits/upstream-budget';
 import type { UpstreamGate } from '../limits/upstream-gate';
 import type { MultipartForm } from '../token-request/multipart-form';
-import { validateTokenRequest, type TokenRequest } from '../token-request/validate-token-request';
+import { validateTokenRequest, type TokenRequest, type ValidationPolicy } from '../token-request/validate-token-request';
 
 /** A biz_token is single-use and valid for one hour. @see ../shared/seed/App-GetBizToken.md (返回值说明) */
 const BIZ_TOKEN_LIFETIME_MS = 60 * 60 * 1000;
@@ -26,8 +27,8 @@ export interface IssueBizTokenDeps {
   budget: UpstreamBudget;
   gate: UpstreamGate;
   breaker: CircuitBreaker;
-  policy: Config['policy'];
-  authMode: Config['auth']['mode'];
+  /** The operator's policy and who may send `uuid`: fixed at start-up. */
+  validation: ValidationPolicy;
   /** How long a second request with the same key waits for the first one's answer. */
   idempotencyWaitMs: number;
 }
@@ -36,8 +37,11 @@ export interface IssueBizTokenInput {
   caller: Caller;
   form: MultipartForm;
   idempotencyKey: string | undefined;
-  /** The caller's window is spent: only a replay of an answered Idempotency-Key may still be given. */
-  rateLimitRefusal?: AppError | undefined;
+  /**
+   * The caller's window is spent, and its Idempotency-Key already holds this record: only a replay of it may
+   * be given (the route refuses a spent caller whose key holds no answer before reading the body).
+   */
+  answeredBefore?: AnsweredRecord | undefined;
 }
 
 export interface IssuedToken {
@@ -53,31 +57,40 @@ export interface IssuedToken {
  */
 export async function issueBizToken(input: IssueBizTokenInput, deps: IssueBizTokenDeps, log: Logger): Promise<IssuedToken> {
   const startedAt = Date.now();
-  if (input.rateLimitRefusal !== undefined) return replayOrRefuse(input, input.rateLimitRefusal, deps);
-  const request = validateTokenRequest(input.form, { policy: deps.policy, clientSendsUuid: deps.authMode === 'none' });
+  if (input.answeredBefore !== undefined) {
+    if (input.answeredBefore.fingerprint !== fingerprintOf(input.form)) throw keyReused();
+    return replay(input.answeredBefore.answer);
+  }
+  const request = validateTokenRequest(input.form, deps.validation);
 
   const claim = input.idempotencyKey === undefined ? undefined : await claimKey(input, deps);
   if (claim?.kind === 'replay') return replay(claim.answer);
 
+  let upstream: UpstreamToken;
   try {
-    const upstreamRequest = toUpstream(request, input.caller, deps.policy);
+    const upstreamRequest = toUpstream(request, input.caller, deps.validation.policy);
     // The gate outside the breaker: a full queue is the service's own load, not a FaceID failure. The budget
     // innermost: only a call that really goes to FaceID spends it.
-    const upstream = await deps.gate.run(() =>
+    upstream = await deps.gate.run(() =>
       deps.breaker.run(async () => {
-        await deps.budget.take(log);
+        await deps.budget.take();
         return deps.faceid.getBizToken(upstreamRequest, log);
       }),
     );
-    const expiresAt = new Date(startedAt + BIZ_TOKEN_LIFETIME_MS);
-    const body = { biz_token: upstream.bizToken, expires_at: expiresAt.toISOString() };
-    if (claim !== undefined) await deps.idempotency.complete(claim.key, claim.owner, claim.fingerprint, { status: 201, body }, expiresAt.getTime() - Date.now());
-    const { bizToken: _token, ...facts } = upstream;
-    return { body, replayed: false, upstream: facts };
   } catch (error) {
     if (claim !== undefined) await settleFailedClaim(claim, error, startedAt, deps);
     throw error;
   }
+  const expiresAt = new Date(startedAt + BIZ_TOKEN_LIFETIME_MS);
+  const body = { biz_token: upstream.bizToken, expires_at: expiresAt.toISOString() };
+  if (claim !== undefined) {
+    // The token is issued and paid for: failing to keep it for replays must not cost the caller the token.
+    await deps.idempotency
+      .complete(claim.key, claim.owner, claim.fingerprint, { status: 201, body }, expiresAt.getTime() - Date.now())
+      .catch((error: unknown) => log.warn({ err: error }, 'could not keep the answer for replays'));
+  }
+  const { bizToken: _token, ...facts } = upstream;
+  return { body, replayed: false, upstream: facts };
 }
 
 interface HeldClaim {
@@ -117,14 +130,6 @@ const recordKey = (input: IssueBizTokenInput): string => idempotencyRecordKey(in
 const keyReused = (): AppError =>
   new AppError(409, 'IDEMPOTENCY_KEY_REUSED', 'this Idempotency-Key was used with a different request body', { param: 'Idempotency-Key' });
 
-/** Over the limit, a repeat of an answered request still gets its answer; anything else gets the 429. */
-async function replayOrRefuse(input: IssueBizTokenInput, refusal: AppError, deps: IssueBizTokenDeps): Promise<IssuedToken> {
-  const record = input.idempotencyKey === undefined ? undefined : await deps.idempotency.find(recordKey(input));
-  if (record?.answer === undefined) throw refusal;
-  if (record.fingerprint !== fingerprintOf(input.form)) throw keyReused();
-  return replay(record.answer);
-}
-
 /** Client errors are answers too and are replayed; 5xx outcomes are not kept, so a retry can succeed. */
 async function settleFailedClaim(claim: HeldClaim, error: unknown, startedAt: number, deps: IssueBizTokenDeps): Promise<void> {
   if (error instanceof AppError && error.status < 500) {
@@ -158,7 +163,7 @@ function fingerprintOf(form: MultipartForm): string {
 }
 
 function toUpstream(request: TokenRequest, caller: Caller, policy: Config['policy']): UpstreamTokenRequest {
-  const serviceFields: Array<[string, string]> = [
+  const serviceFields: Array<[ParameterName, string]> = [
     ['security_level', policy.securityLevel],
     ['force_compare', policy.forceCompare],
   ];
