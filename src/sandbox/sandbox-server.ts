@@ -63,6 +63,7 @@ const OUTCOME_ANSWERS: Record<Exclude<SandboxOutcome, 'DROP' | 'HANG' | 'NOT_JSO
   LOW_QUALITY: () => faceIdError(400, 'LOW_QUALITY'),
   MORE_RETRY_TIMES: () => faceIdError(403, 'AUTHORIZATION_ERROR: MORE_RETRY_TIMES'),
   NO_DATA_SOURCE_PERMISSION: () => faceIdError(403, 'AUTHORIZATION_ERROR: NO_DATA_SOURCE_PERMISSION'),
+  NO_VERIFY_PERMISSION: () => faceIdError(403, 'AUTHORIZATION_ERROR: NO_VERIFY_PERMISSION'),
   API_KEY_BE_DISCONTINUED: () => faceIdError(403, 'AUTHORIZATION_ERROR: API_KEY_BE_DISCONTINUED'),
   API_NOT_FOUND: () => faceIdError(404, 'API_NOT_FOUND'),
 };
@@ -130,6 +131,7 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
     const outcome = scenario?.outcome;
     switch (outcome) {
       case undefined:
+        if (scenario?.error !== undefined) return send(res, faceIdError(400, scenario.error));
         return send(res, { status: 200, body: { biz_token: requestId(), time_used: 18, request_id: requestId() } });
       case 'DROP':
         req.socket.destroy();
@@ -153,7 +155,7 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
     if (fromBizNo !== undefined && bizNo !== undefined) {
       const hits = bizNoHits.get(bizNo) ?? 0;
       bizNoHits.set(bizNo, hits + 1);
-      return fromBizNo.times !== undefined && hits >= fromBizNo.times ? { ...fromBizNo, outcome: undefined } : fromBizNo;
+      return fromBizNo.times !== undefined && hits >= fromBizNo.times ? { ...fromBizNo, outcome: undefined, error: undefined } : fromBizNo;
     }
     if (globalScenario === undefined) return undefined;
     globalHits += 1;
@@ -280,7 +282,7 @@ function parseForm(req: IncomingMessage): Promise<MultipartForm | 'too-large' | 
       stream.on('limit', () => finish('too-large'));
       stream.on('end', () => files.set(name, [...(files.get(name) ?? []), Buffer.concat(chunks)]));
     });
-    parser.on('close', () => finish({ fields, files, totalBytes }));
+    parser.on('close', () => finish({ fields, files }));
     parser.on('error', () => finish('malformed'));
     req.on('error', () => finish('malformed'));
     req.pipe(parser);

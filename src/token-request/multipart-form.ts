@@ -2,6 +2,4 @@
 export interface MultipartForm {
   fields: Map<string, string[]>;
   files: Map<string, Buffer[]>;
-  /** Bytes of every value and file, for the fingerprint and the logs. */
-  totalBytes: number;
 }

@@ -1,28 +1,31 @@
 import { AppError, badArgument } from '../errors/app-error';
+import { FILE_PARAMETERS } from '../faceid/parameters';
 import type { MultipartForm } from './multipart-form';
 
 /**
- * The endpoint has 16 client fields and 3 photos at most; anything far beyond is an attack, not a mistake.
- * The limits multer had, kept when the parser changed (see README, "Performance").
+ * Far above what a correct request sends (12 text fields and 3 photos): anything beyond is an attack, not a
+ * mistake. Any part past these counts is refused, so the part count needs no limit of its own.
  */
-export const MULTIPART_LIMITS = {
-  files: 3,
+const LIMITS = {
+  files: FILE_PARAMETERS.length,
   fields: 24,
-  parts: 32,
   fieldValueBytes: 1024,
   fieldNameBytes: 64,
   /** A part's header block: a Content-Disposition and a Content-Type fit many times over. */
   headerBytes: 2048,
+  /** Spaces or tabs allowed after a boundary before its line break (RFC 2046's transport padding). */
+  paddingBytes: 64,
 } as const;
 
 const CRLF = Buffer.from('\r\n');
 const HEADER_END = Buffer.from('\r\n\r\n');
 const DASH = 0x2d;
 
-/** RFC 2046 §5.1.1: 1 to 70 characters from a small set, not ending in a space. */
-const BOUNDARY_PARAM = /;\s*boundary\s*=\s*(?:"([^"]{1,70})"|([^\s;"]{1,70}))/i;
+/** RFC 2046 §5.1.1: 1 to 70 characters from a small set, not ending in a space; the whole parameter value. */
+const BOUNDARY_PARAM = /;\s*boundary\s*=\s*(?:"([^"]*)"|([^\s;"]*))\s*(?:;|$)/i;
 const BOUNDARY_CHARS = /^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$/;
 const DISPOSITION_PARAM = /;\s*([A-Za-z*]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;]*))/g;
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 const malformed = (detail: string): AppError => new AppError(400, 'BAD_ARGUMENTS', `the body is not well-formed multipart/form-data: ${detail}`);
 
@@ -30,76 +33,92 @@ const malformed = (detail: string): AppError => new AppError(400, 'BAD_ARGUMENTS
 export function boundaryOf(contentType: string): string {
   const match = BOUNDARY_PARAM.exec(contentType);
   const boundary = match?.[1] ?? match?.[2];
-  if (boundary === undefined) throw malformed('the Content-Type has no boundary');
-  if (!BOUNDARY_CHARS.test(boundary)) throw malformed('the boundary has characters RFC 2046 does not allow');
+  if (boundary === undefined || boundary.length === 0) throw malformed('the Content-Type has no boundary');
+  if (!BOUNDARY_CHARS.test(boundary)) throw malformed('the boundary is longer than 70 characters or has characters RFC 2046 does not allow');
   return boundary;
 }
 
 /**
  * Parses a whole multipart/form-data body held in one buffer (RFC 7578). Files are views into that buffer,
  * not copies; the boundary is found with Buffer#indexOf, which is native code, where a streaming parser
- * scans every byte in JavaScript. Text values are decoded as UTF-8.
+ * scans every byte in JavaScript. Text values must be UTF-8.
  */
 export function parseMultipartBody(body: Buffer, boundary: string): MultipartForm {
   const delimiter = Buffer.from(`\r\n--${boundary}`, 'latin1');
   const fields = new Map<string, string[]>();
   const files = new Map<string, Buffer[]>();
-  const counts = { parts: 0, fields: 0, files: 0 };
-  let totalBytes = 0;
+  let fieldCount = 0;
+  let fileCount = 0;
 
-  // The first delimiter may open the body or follow a preamble (which then ends with CRLF).
+  // The first delimiter opens the body, or follows a preamble and its line break (which may be all there is).
   const opening = delimiter.subarray(2);
-  let position = body.subarray(0, opening.length).equals(opening) ? 0 : body.indexOf(delimiter);
-  if (position === -1) throw malformed('no part starts with the boundary');
-  position += position === 0 ? opening.length : delimiter.length;
+  let position: number;
+  if (body.subarray(0, opening.length).equals(opening)) position = opening.length;
+  else {
+    const found = body.indexOf(delimiter);
+    if (found === -1) throw malformed('no part starts with the boundary');
+    position = found + delimiter.length;
+  }
 
   for (;;) {
     if (body[position] === DASH && body[position + 1] === DASH) break;
     position = afterLinePadding(body, position);
-    const headerEnd = body.indexOf(HEADER_END, position - 2);
-    if (headerEnd === -1 || headerEnd - position > MULTIPART_LIMITS.headerBytes) throw malformed('a part has no end to its headers');
-    const contentStart = headerEnd + HEADER_END.length;
-    const contentEnd = body.indexOf(delimiter, contentStart);
+    // The part ends at the next delimiter; its headers are looked for only inside it.
+    const contentEnd = body.indexOf(delimiter, position);
     if (contentEnd === -1) throw malformed('the body ends before its closing boundary');
+    const headerEnd = body.subarray(0, contentEnd).indexOf(HEADER_END, position - 2);
+    if (headerEnd === -1) throw malformed('a part has no blank line after its headers');
+    if (headerEnd - position > LIMITS.headerBytes) throw malformed(`a part's headers are longer than ${LIMITS.headerBytes} bytes`);
 
-    counts.parts += 1;
-    if (counts.parts > MULTIPART_LIMITS.parts) throw new AppError(400, 'BAD_ARGUMENTS', `at most ${MULTIPART_LIMITS.parts} parts may be sent`);
-    const { name, isFile } = dispositionOf(body.toString('latin1', position, Math.max(position, headerEnd)));
-    const content = body.subarray(contentStart, contentEnd);
-    totalBytes += content.length;
+    const { name, isFile } = dispositionOf(body.toString('utf8', position, Math.max(position, headerEnd)));
+    const content = body.subarray(headerEnd + HEADER_END.length, contentEnd);
     if (isFile) {
-      counts.files += 1;
-      if (counts.files > MULTIPART_LIMITS.files) throw new AppError(400, 'BAD_ARGUMENTS', `at most ${MULTIPART_LIMITS.files} files may be sent`);
+      fileCount += 1;
+      if (fileCount > LIMITS.files) throw new AppError(400, 'BAD_ARGUMENTS', `at most ${LIMITS.files} files may be sent`);
       appendTo(files, name, content);
     } else {
-      counts.fields += 1;
-      if (counts.fields > MULTIPART_LIMITS.fields) throw new AppError(400, 'BAD_ARGUMENTS', `at most ${MULTIPART_LIMITS.fields} fields may be sent`);
-      if (content.length > MULTIPART_LIMITS.fieldValueBytes) throw badArgument(name, `${name} is too long`);
-      appendTo(fields, name, content.toString('utf8'));
+      fieldCount += 1;
+      if (fieldCount > LIMITS.fields) throw new AppError(400, 'BAD_ARGUMENTS', `at most ${LIMITS.fields} fields may be sent`);
+      if (content.length > LIMITS.fieldValueBytes) throw badArgument(name, `${name} is too long`);
+      appendTo(fields, name, decodeUtf8(name, content));
     }
     position = contentEnd + delimiter.length;
   }
-  return { fields, files, totalBytes };
+  return { fields, files };
 }
 
-/** After a delimiter: optional transport padding (spaces, tabs), then the line break. */
+/** After a delimiter: a little optional transport padding (spaces, tabs), then the line break. */
 function afterLinePadding(body: Buffer, start: number): number {
-  let position = start;
-  while (body[position] === 0x20 || body[position] === 0x09) position += 1;
-  if (body[position] !== CRLF[0] || body[position + 1] !== CRLF[1]) throw malformed('a boundary line does not end where it should');
-  return position + 2;
+  const lineEnd = body.indexOf(CRLF, start);
+  if (lineEnd === -1 || lineEnd - start > LIMITS.paddingBytes) throw malformed('a boundary line does not end where it should');
+  for (let position = start; position < lineEnd; position += 1) {
+    if (body[position] !== 0x20 && body[position] !== 0x09) throw malformed('a boundary line does not end where it should');
+  }
+  return lineEnd + CRLF.length;
+}
+
+/** Forwarding a value with its bad bytes replaced would silently alter, say, a name. */
+function decodeUtf8(name: string, bytes: Buffer): string {
+  try {
+    return UTF8.decode(bytes);
+  } catch {
+    throw badArgument(name, `${name} is not valid UTF-8`);
+  }
 }
 
 /**
- * The field name and whether the part is a file (it has a filename), from a part's header block. The name
- * must be a plain key: brackets, `__proto__` and the like are left to validation, which knows the fields.
+ * The field name and whether the part is a file (it has a filename), from a part's header block. Anything
+ * said twice is refused: parsers disagree on which one counts. The name must be a plain key: brackets,
+ * `__proto__` and the like are left to validation, which knows the fields.
  */
 function dispositionOf(headerBlock: string): { name: string; isFile: boolean } {
   let disposition: string | undefined;
   for (const line of headerBlock.length === 0 ? [] : headerBlock.split('\r\n')) {
     const colon = line.indexOf(':');
     if (colon <= 0) throw malformed('a part has a header line without a name');
-    if (line.slice(0, colon).trim().toLowerCase() === 'content-disposition') disposition = line.slice(colon + 1).trim();
+    if (line.slice(0, colon).trim().toLowerCase() !== 'content-disposition') continue;
+    if (disposition !== undefined) throw malformed('a part has two Content-Disposition headers');
+    disposition = line.slice(colon + 1).trim();
   }
   if (disposition === undefined || !/^form-data\s*(;|$)/i.test(disposition)) throw malformed('a part is not form-data');
   let name: string | undefined;
@@ -107,11 +126,13 @@ function dispositionOf(headerBlock: string): { name: string; isFile: boolean } {
   for (const match of disposition.matchAll(DISPOSITION_PARAM)) {
     const key = (match[1] ?? '').toLowerCase();
     const value = match[2] === undefined ? (match[3] ?? '') : match[2].replace(/\\(.)/g, '$1');
-    if (key === 'name') name = value;
-    else if (key === 'filename' || key === 'filename*') isFile = true;
+    if (key === 'name') {
+      if (name !== undefined) throw malformed('a part names its field twice');
+      name = value;
+    } else if (key === 'filename' || key === 'filename*') isFile = true;
   }
   if (name === undefined || name.length === 0) throw new AppError(400, 'BAD_ARGUMENTS', 'a part has no field name');
-  if (Buffer.byteLength(name) > MULTIPART_LIMITS.fieldNameBytes) throw new AppError(400, 'BAD_ARGUMENTS', 'a field name is too long');
+  if (Buffer.byteLength(name) > LIMITS.fieldNameBytes) throw new AppError(400, 'BAD_ARGUMENTS', 'a field name is too long');
   return { name, isFile };
 }
 

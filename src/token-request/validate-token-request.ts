@@ -10,7 +10,7 @@ import {
   type FileParameterName,
   type ParameterName,
 } from '../faceid/parameters';
-import { inspectImage, type ImageFormat } from '../images/inspect-image';
+import { inspectImage, MAX_IMAGE_SIDE, type ImageFormat } from '../images/inspect-image';
 import { checkIdcardNumber } from './idcard-number';
 import type { MultipartForm } from './multipart-form';
 
@@ -43,7 +43,7 @@ export const SERVER_OWNED: ReadonlySet<ParameterName> = new Set([
 ]);
 
 /** Checks a parsed form against the seed's rules, the policy and the local extras. Throws the first AppError. */
-export function validateTokenRequest(form: MultipartForm, { policy, clientSendsUuid }: ValidationPolicy, today = new Date()): TokenRequest {
+export function validateTokenRequest(form: MultipartForm, { policy, clientSendsUuid }: ValidationPolicy): TokenRequest {
   const serverOwned = (name: ParameterName): boolean => SERVER_OWNED.has(name) || (name === 'uuid' && !clientSendsUuid);
 
   for (const [name, values] of form.fields) {
@@ -51,8 +51,6 @@ export function validateTokenRequest(form: MultipartForm, { policy, clientSendsU
     if (serverOwned(name)) throw badArgument(name, `${name} is set by the service and may not be sent`);
     if (PARAMETERS[name].kind === 'file') throw badArgument(name, `${name} must be sent as a file`);
     if (values.length > 1) throw badArgument(name, `${name} is repeated`);
-    // The parser decodes invalid UTF-8 to U+FFFD; forwarding it would silently alter a name.
-    if (values[0]?.includes('\uFFFD')) throw badArgument(name, `${name} is not valid UTF-8`);
   }
   for (const [name, files] of form.files) {
     if (!isParameterName(name)) throw badArgument(name, `${name} is not a field of this endpoint`);
@@ -82,7 +80,7 @@ export function validateTokenRequest(form: MultipartForm, { policy, clientSendsU
     const value = text(name) ?? '';
     const problem = valueProblem(rule, value);
     if (problem !== undefined) throw badArgument(name, `${name} ${problem}`);
-    fields.push([name, name === 'idcard_number' ? normalizeIdcardNumber(value, today) : value]);
+    fields.push([name, name === 'idcard_number' ? normalizeIdcardNumber(value) : value]);
   }
 
   const images: TokenRequest['images'] = [];
@@ -93,7 +91,7 @@ export function validateTokenRequest(form: MultipartForm, { policy, clientSendsU
     const inspection = inspectImage(bytes);
     if (!inspection.ok) {
       throw inspection.problem === 'too-large'
-        ? new AppError(400, 'INVALID_IMAGE_SIZE', `${name} is wider or taller than 4096 pixels`, { param: name })
+        ? new AppError(400, 'INVALID_IMAGE_SIZE', `${name} is wider or taller than ${MAX_IMAGE_SIDE} pixels`, { param: name })
         : new AppError(400, 'IMAGE_ERROR_UNSUPPORTED_FORMAT', `${name} is not a complete JPEG, PNG or BMP image`, { param: name });
     }
     images.push({ name, bytes, format: inspection.format });
@@ -111,8 +109,8 @@ function pickType<T extends string>(name: 'comparison_type' | 'liveness_type', v
   return value as T;
 }
 
-function normalizeIdcardNumber(value: string, today: Date): string {
-  const check = checkIdcardNumber(value, today);
+function normalizeIdcardNumber(value: string): string {
+  const check = checkIdcardNumber(value, new Date());
   if (!check.ok) throw badArgument('idcard_number', `idcard_number ${check.problem}`);
   return check.normalized;
 }
