@@ -1,6 +1,6 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { postToken, signToken, startTestService, validForm, type TestService } from './helpers/test-service';
+import { expectProblem, postToken, signToken, startTestService, validForm, type TestService } from './helpers/test-service';
 
 /** Issue 5's capacity rules: the upstream queue, the circuit breaker and the memory bounds. */
 
@@ -123,7 +123,8 @@ describe('memory bounds', () => {
   let server: http.Server;
   let port: number;
   beforeAll(async () => {
-    target = await startTestService({ UPLOAD_MEMORY_MB: '20', UPLOAD_QUEUE_TIMEOUT_MS: '300' });
+    // The queue timeout leaves the quitter test below ample time to still be waiting when the budget frees up.
+    target = await startTestService({ UPLOAD_MEMORY_MB: '20', UPLOAD_QUEUE_TIMEOUT_MS: '600' });
     server = http.createServer(target.service.handler).listen(0);
     await new Promise((resolve) => server.once('listening', resolve));
     port = (server.address() as AddressInfo).port;
@@ -195,7 +196,7 @@ describe('memory bounds', () => {
     expect(target.sandbox.received).toHaveLength(0);
   });
 
-  test('when uploads already hold the whole memory budget, then the next one waits unread and gets 503 after the upload queue timeout', async () => {
+  test('when uploads already hold the whole memory budget, then the next one waits unread and gets 503 UPSTREAM_BUSY problem+json with Retry-After after the upload queue timeout', async () => {
     const token = await signToken();
     // Announces 20 MiB and sends nothing: its reservation holds the whole 20 MiB budget.
     const holder = http.request({
@@ -209,9 +210,9 @@ describe('memory bounds', () => {
     await new Promise((resolve) => setTimeout(resolve, 100));
     const started = Date.now();
     const second = await postToken(target, validForm());
-    expect(second.status).toBe(503);
-    expect(second.body.code).toBe('UPSTREAM_BUSY');
-    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+    expectProblem(second, 503, 'UPSTREAM_BUSY', null);
+    expect(second.headers['retry-after']).toMatch(/^[1-9]\d*$/);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(550);
     holder.destroy();
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect((await postToken(target, validForm())).status).toBe(201);
@@ -230,12 +231,16 @@ describe('memory bounds', () => {
       request.flushHeaders();
       return request;
     };
-    const holder = announce(12 * 1024 * 1024);
+    const twelveMiB = 12 * 1024 * 1024;
+    const holder = announce(twelveMiB);
     await new Promise((resolve) => setTimeout(resolve, 100));
-    const quitter = announce(12 * 1024 * 1024);
+    const quitter = announce(twelveMiB);
     await new Promise((resolve) => setTimeout(resolve, 100));
+    // The first upload holds its 12 MiB; the second does not fit in the 20 MiB budget and waits unreserved.
+    expect(await reservedBytes()).toBe(twelveMiB);
     quitter.destroy();
     await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(await reservedBytes()).toBe(twelveMiB);
     holder.destroy();
     await new Promise((resolve) => setTimeout(resolve, 100));
     // Both gone: nothing may stay reserved, or the budget would shrink with every phone that gives up.

@@ -1,9 +1,11 @@
+import { freePort } from './helpers/free-port';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type supertest from 'supertest';
 import { decodeSign } from '../src/faceid/sign';
 import { jpeg } from './fixtures/images';
 import {
+  expectProblem as expectStrictProblem,
   postToken,
   SANDBOX_KEY,
   SANDBOX_SECRET,
@@ -53,15 +55,12 @@ const FACEID_INTERNALS = [
   '/faceid/v3',
 ];
 
-/** An RFC 9457 problem with the given status and code, carrying our request id and nothing of FaceID's. */
-function expectProblem(response: supertest.Response, status: number, code: string, param?: string): Record<string, unknown> {
-  expect({ status: response.status, code: response.body.code as unknown }).toEqual({ status, code });
-  expect(response.headers['content-type']).toMatch(/^application\/problem\+json/);
-  const body = response.body as Record<string, unknown>;
-  expect(body.status).toBe(status);
-  expect(body.request_id).toBe(response.headers['x-request-id']);
-  if (param === undefined) expect(body.param).toBeUndefined();
-  else expect(body.param).toBe(param);
+/**
+ * The shared strict problem check (param absent unless given), plus: the body has no key beyond the
+ * problem's own, so nothing of FaceID's answer is passed through.
+ */
+function expectProblem(response: supertest.Response, status: number, code: string, param: string | null = null): Record<string, unknown> {
+  const body = expectStrictProblem(response, status, code, param);
   expect(Object.keys(body).filter((key) => !PROBLEM_KEYS.includes(key))).toEqual([]);
   return body;
 }
@@ -120,6 +119,16 @@ describe('FaceID answers the client caused: mapped to the same code and field, n
     expect(JSON.stringify(body)).not.toContain('AUTHORIZATION_ERROR');
     expect(JSON.stringify(body)).not.toContain('11010519491231002X');
     expect(target.sandbox.received).toHaveLength(1);
+  });
+
+  test('when FaceID says the account may not compare with a reference photo (NO_VERIFY_PERMISSION), then comparison_type 0 gets 403 COMPARISON_TYPE_NOT_PERMITTED once', async () => {
+    const target = await start();
+    const response = await postToken(target, withBizNo('sandbox:NO_VERIFY_PERMISSION'));
+    const body = expectProblem(response, 403, 'COMPARISON_TYPE_NOT_PERMITTED', 'comparison_type');
+    expect(JSON.stringify(body)).not.toContain('AUTHORIZATION_ERROR');
+    expect(JSON.stringify(body)).not.toContain('NO_VERIFY_PERMISSION');
+    expect(target.sandbox.received).toHaveLength(1);
+    expect(target.sandbox.received[0]?.fields.comparison_type).toEqual(['0']);
   });
 
   test('when FaceID says MORE_RETRY_TIMES, then it answers 429 RETRY_LIMIT_REACHED without retrying', async () => {
@@ -201,7 +210,30 @@ describe('FaceID broken or unreachable: 502 UPSTREAM_ERROR / 504 UPSTREAM_TIMEOU
     const response = await postToken(target, withBizNo('sandbox:NOT_JSON'));
     expectProblem(response, 502, 'UPSTREAM_ERROR');
     expectNoLeak(response, target);
-    expect(target.sandbox.received.length).toBeGreaterThanOrEqual(1);
+    // An unreadable answer is not one the contract retries.
+    expect(target.sandbox.received).toHaveLength(1);
+  });
+
+  test('when FaceID answers an error string the service does not know, then it answers 502 UPSTREAM_ERROR without retrying, and the log keeps the string', async () => {
+    const unknown = 'SOMETHING_UNDOCUMENTED: new reason';
+    const target = await start({ FACEID_MAX_RETRIES: '2' });
+    const response = await postToken(target, withBizNo(`sandbox:error=${unknown}`));
+    expectProblem(response, 502, 'UPSTREAM_ERROR');
+    expectNoLeak(response, target, ['SOMETHING_UNDOCUMENTED', 'new reason']);
+    expect(target.sandbox.received).toHaveLength(1);
+    expect(logLineOf(target, response).upstream).toMatchObject({ attempts: 1, faceidError: unknown });
+  });
+
+  test('when nothing listens on FACEID_BASE_URL\'s port, then the refused connections are retried and it answers 502 UPSTREAM_ERROR quickly', async () => {
+    const port = await freePort();
+    const target = await start({ FACEID_BASE_URL: `http://127.0.0.1:${port}`, FACEID_MAX_RETRIES: '2', FACEID_TIMEOUT_MS: '3000' });
+    const { result: response, ms } = await timed(() => postToken(target, validForm()));
+    expectProblem(response, 502, 'UPSTREAM_ERROR');
+    expectNoLeak(response, target, ['ECONNREFUSED', `127.0.0.1:${port}`]);
+    // A refusal is not a timeout: the answer comes long before FACEID_TIMEOUT_MS.
+    expect(ms).toBeLessThan(2_000);
+    expect(logLineOf(target, response).upstream).toMatchObject({ attempts: 3, networkError: 'ECONNREFUSED' });
+    expect(target.sandbox.received).toHaveLength(0);
   });
 
   test('when FaceID keeps dropping the connection, then after 1 + FACEID_MAX_RETRIES attempts it answers 502 UPSTREAM_ERROR', async () => {
@@ -306,15 +338,17 @@ describe('retries', () => {
     expect(target.sandbox.received).toHaveLength(1);
   });
 
-  test('when slow failures would be retried past the deadline, then retries stop at FACEID_TIMEOUT_MS', async () => {
-    const target = await start({ FACEID_TIMEOUT_MS: '700', FACEID_MAX_RETRIES: '10' });
-    const { result: response, ms } = await timed(() => postToken(target, withBizNo('sandbox:latency=300,INTERNAL_ERROR')));
-    expect([502, 504]).toContain(response.status);
-    expectProblem(response, response.status, response.status === 504 ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_ERROR');
-    expect(ms).toBeLessThan(1200);
-    // 300 ms per attempt within 700 ms: at most 3 attempts started, far from 1 + 10.
-    expect(target.sandbox.received.length).toBeGreaterThanOrEqual(2);
-    expect(target.sandbox.received.length).toBeLessThanOrEqual(3);
+  test('when slow failures would be retried past the deadline, then the retry in flight is cut off at FACEID_TIMEOUT_MS with 504 UPSTREAM_TIMEOUT', async () => {
+    // Each attempt fails after 700 ms. The first ends at ~700 ms with ~300 ms left, more than the first
+    // backoff (under 100 ms), so the second attempt always starts, and it could only end after 1400 ms:
+    // the 1000 ms deadline always falls inside it, whatever the jitter.
+    const target = await start({ FACEID_TIMEOUT_MS: '1000', FACEID_MAX_RETRIES: '10' });
+    const { result: response, ms } = await timed(() => postToken(target, withBizNo('sandbox:latency=700,INTERNAL_ERROR')));
+    expectProblem(response, 504, 'UPSTREAM_TIMEOUT');
+    expect(ms).toBeGreaterThanOrEqual(950);
+    // Waiting for the second attempt's own answer would take at least 1400 ms.
+    expect(ms).toBeLessThan(1300);
+    expect(target.sandbox.received).toHaveLength(2);
   });
 });
 

@@ -358,8 +358,12 @@ describe('log lines at LOG_LEVEL=trace after a full set of requests', () => {
   });
 
   test('when a request was refused locally or replayed, then its line names no upstream exchange', () => {
-    for (const request of sent.filter((entry) => !entry.upstream)) {
+    const local = sent.filter((entry) => !entry.upstream);
+    expect(local.length).toBeGreaterThan(0);
+    for (const request of local) {
       const line = requestLines(request.target).find((entry) => entry.request_id === request.requestId);
+      // The line must exist: a missing line has no `upstream` either, and would pass the second check.
+      expect({ label: request.label, logged: line !== undefined }).toEqual({ label: request.label, logged: true });
       expect({ label: request.label, upstream: line?.upstream }).toEqual({ label: request.label, upstream: undefined });
     }
   });

@@ -1,3 +1,4 @@
+import { freePort } from './helpers/free-port';
 import { createHmac, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
@@ -8,6 +9,7 @@ import { SERVER_TIMEOUTS, startServer } from '../src/server';
 import { startChildService, type ChildService } from './helpers/child-service';
 import {
   captureLog,
+  expectProblem,
   postToken,
   SANDBOX_KEY,
   SANDBOX_SECRET,
@@ -32,14 +34,6 @@ async function startChild(env: Record<string, string>): Promise<ChildService> {
   const child = await startChildService(env);
   defer(() => child.stop('SIGKILL'));
   return child;
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 /** A request sent exactly as written (supertest and URL parsing would normalize `..`). */
@@ -91,12 +85,6 @@ async function scrape(target: TestService): Promise<{ text: string; samples: Sam
 }
 
 const pseudonymOf = (target: TestService, sub: string): string => createHmac('sha256', target.config.auth.uuidSalt).update(`sub:${sub}`).digest('hex');
-
-function expectProblem(response: supertest.Response, status: number, code: string): void {
-  expect({ status: response.status, code: (response.body as { code?: unknown }).code }).toEqual({ status, code });
-  expect(response.headers['content-type']).toMatch(/^application\/problem\+json/);
-  expect((response.body as { request_id?: unknown }).request_id).toBe(response.headers['x-request-id']);
-}
 
 // ---------------------------------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type supertest from 'supertest';
-import { postToken, signToken, startTestSandbox, startTestService, uniquePrefix, validForm, type TestService, type TokenForm } from './helpers/test-service';
+import { expectProblem, postToken, signToken, startTestSandbox, startTestService, uniquePrefix, validForm, type TestService, type TokenForm } from './helpers/test-service';
 import { announceUpload } from './helpers/raw-request';
 
 /**
@@ -60,13 +60,6 @@ async function post(target: TestService, sub: string, form: TokenForm = validFor
 }
 
 const badField = (): TokenForm => ({ ...validForm(), fields: { ...validForm().fields, liveness_timeout: '99' } });
-
-function expectProblem(response: supertest.Response, status: number, code: string, param?: string): void {
-  expect(response.status).toBe(status);
-  expect(response.headers['content-type']).toMatch(/^application\/problem\+json/);
-  expect(response.body).toMatchObject({ status, code });
-  if (param !== undefined) expect(response.body.param).toBe(param);
-}
 
 /** `RateLimit: "per-user";r=<remaining>;t=<seconds>`, checked against what the window allows. */
 function expectRateLimitHeaders(response: supertest.Response, max: number, windowSeconds: number, remaining: number): void {

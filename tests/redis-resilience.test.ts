@@ -1,3 +1,4 @@
+import { freePort } from './helpers/free-port';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import net from 'node:net';
@@ -25,14 +26,6 @@ afterAll(async () => {
   for (const sandbox of sandboxes) await sandbox.close().catch(() => undefined);
   await Promise.all(redisProcesses.map((child) => stopRedis(child)));
 });
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 /** Resolves once something on `port` answers a Redis PING with PONG. */
 async function pingRedis(port: number): Promise<boolean> {

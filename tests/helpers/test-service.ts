@@ -122,6 +122,42 @@ export async function postToken(
   return request;
 }
 
+/** What a problem check needs from an answer, whichever client (supertest or a raw socket) got it. */
+export interface ProblemAnswer {
+  /** Undefined when no status line arrived. */
+  status: number | undefined;
+  headers: Record<string, string | string[] | undefined>;
+  /** The parsed JSON body, or the raw text when it was not JSON. */
+  body: unknown;
+}
+
+/**
+ * The one strict check of an error answer (CONTRACT section 2): the status, an RFC 9457
+ * `application/problem+json` body whose `status` and `code` match, `detail` a non-empty string and
+ * `request_id` equal to the `X-Request-Id` header. `param`: a string must match exactly, `null` must be
+ * absent, undefined is not checked (for answers where several fields could be named). Returns the body.
+ */
+export function expectProblemAnswer(answer: ProblemAnswer, status: number, code: string, param?: string | null): Record<string, unknown> {
+  // One assertion over status and body first, so a failure shows what the service actually answered.
+  expect({ status: answer.status, body: answer.body }).toMatchObject({ status, body: { status, code } });
+  expect(answer.headers['content-type']).toMatch(/^application\/problem\+json(;|$)/);
+  const body = answer.body as Record<string, unknown>;
+  expect(typeof body.detail).toBe('string');
+  expect((body.detail as string).length).toBeGreaterThan(0);
+  const requestId = answer.headers['x-request-id'];
+  expect(typeof requestId).toBe('string');
+  expect((requestId as string).length).toBeGreaterThan(0);
+  expect(body.request_id).toBe(requestId);
+  if (param === null) expect(body).not.toHaveProperty('param');
+  else if (param !== undefined) expect(body.param).toBe(param);
+  return body;
+}
+
+/** {@link expectProblemAnswer} for a supertest response. */
+export function expectProblem(response: supertest.Response, status: number, code: string, param?: string | null): Record<string, unknown> {
+  return expectProblemAnswer({ status: response.status, headers: response.headers as ProblemAnswer['headers'], body: response.body as unknown }, status, code, param);
+}
+
 export const uniquePrefix = (): string => `test-${randomUUID().slice(0, 8)}:`;
 
 /**
