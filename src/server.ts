@@ -85,13 +85,13 @@ function listen(server: http.Server, port: number): Promise<void> {
   });
 }
 
-/** The effective configuration for the start-up log line, with every secret replaced by whether it is set. */
+/** The effective configuration for the start-up log line: every secret replaced by whether it is set, the api_key cut to its start. */
 function maskedConfig(config: Config): Record<string, unknown> {
   const { credentials, ...faceid } = config.faceid;
   const { jwtSecret, publicKeyPem, uuidSalt, ...auth } = config.auth;
   return {
     ...config,
-    faceid: { ...faceid, apiKey: credentials?.apiKey, apiSecret: credentials === undefined ? 'unset' : 'set' },
+    faceid: { ...faceid, apiKey: credentials === undefined ? 'unset' : `${credentials.apiKey.slice(0, 4)}…`, apiSecret: credentials === undefined ? 'unset' : 'set' },
     auth: { ...auth, jwtSecret: jwtSecret === undefined ? 'unset' : 'set', publicKey: publicKeyPem === undefined ? 'unset' : 'set', uuidSalt: 'set' },
     redis: { ...config.redis, url: config.redis.url?.replace(/\/\/[^@/]*@/, '//***@') },
   };

@@ -193,8 +193,10 @@ describe('graceful shutdown of the real process', () => {
     const output = child.output();
     expect(() => logLines(child)).not.toThrow();
     const started = logLines(child).find((line) => line.msg === 'faceid-token-service listening');
-    expect(started).toMatchObject({ level: 30, config: { faceid: { baseUrl: sandbox.url, apiSecret: 'set' }, auth: { mode: 'jwt', jwtSecret: 'set' } } });
-    for (const secret of [SANDBOX_SECRET, TEST_JWT_SECRET]) expect(output).not.toContain(secret);
+    // The api_key only begins: enough to tell which account, not enough to use it.
+    const keyStart = `${SANDBOX_KEY.slice(0, 4)}…`;
+    expect(started).toMatchObject({ level: 30, config: { faceid: { baseUrl: sandbox.url, apiKey: keyStart, apiSecret: 'set' }, auth: { mode: 'jwt', jwtSecret: 'set' } } });
+    for (const secret of [SANDBOX_KEY, SANDBOX_SECRET, TEST_JWT_SECRET]) expect(output).not.toContain(secret);
   });
 
   // The signal handlers must be in place before the service starts announcing itself: an orchestrator may

@@ -1,10 +1,8 @@
 import { createPublicKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import type { ComparisonType, LivenessType } from '../faceid/parameters';
 import { envSchema, type Env } from './schema';
-
-export type LivenessType = 'meglive' | 'still' | 'raw_image';
-export type ComparisonType = '0' | '1';
 
 export interface FaceIdCredentials {
   apiKey: string;
@@ -113,7 +111,9 @@ export function loadConfig(source: NodeJS.ProcessEnv): Config {
         : 'AUTH_JWT_SECRET: set only one of AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY, AUTH_JWKS_URL',
     );
   }
-  if (env.AUTH_JWT_PUBLIC_KEY !== undefined && !isPublicKey(env.AUTH_JWT_PUBLIC_KEY)) {
+  // An environment variable holds a PEM on one line, with `\n` written out.
+  const publicKeyPem = env.AUTH_JWT_PUBLIC_KEY?.replace(/\\n/g, '\n');
+  if (publicKeyPem !== undefined && !isPublicKey(publicKeyPem)) {
     problems.push('AUTH_JWT_PUBLIC_KEY: not a PEM public key');
   }
   if (production && env.UUID_SALT === undefined) {
@@ -150,7 +150,7 @@ export function loadConfig(source: NodeJS.ProcessEnv): Config {
     auth: {
       mode: authMode,
       jwtSecret: env.AUTH_JWT_SECRET,
-      publicKeyPem: env.AUTH_JWT_PUBLIC_KEY?.replace(/\\n/g, '\n'),
+      publicKeyPem,
       jwksUrl: env.AUTH_JWKS_URL,
       issuer: env.AUTH_JWT_ISSUER,
       audience: env.AUTH_JWT_AUDIENCE,
@@ -181,7 +181,7 @@ export function loadConfig(source: NodeJS.ProcessEnv): Config {
 
 function isPublicKey(pem: string): boolean {
   try {
-    createPublicKey(pem.replace(/\\n/g, '\n'));
+    createPublicKey(pem);
     return true;
   } catch {
     return false;

@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { MAX_REQUEST_BYTES } from '../faceid/parameters';
+import { COMPARISON_TYPES, LIVENESS_TYPES, MAX_REQUEST_BYTES, SECURITY_LEVELS } from '../faceid/parameters';
+import { LOG_LEVELS } from '../logging/logger';
 
 /**
  * Every environment variable the service reads, with its default and meaning. The README's configuration
@@ -23,7 +24,7 @@ export const envSchema = z.object({
     .describe('`production` turns on the start-up refusals (HTTPS FaceID, real keys, JWT auth, UUID_SALT).'),
   PORT: integer(0, 65535).default(3000).describe('Port of the public API.'),
   LOG_LEVEL: z
-    .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
+    .enum(LOG_LEVELS)
     .default('info')
     .describe('pino log level.'),
 
@@ -64,9 +65,9 @@ export const envSchema = z.object({
     .default('false')
     .describe('Express `trust proxy`: `false`, a hop count, or comma-separated addresses/CIDRs of your proxies.'),
 
-  POLICY_LIVENESS_TYPES: csv(['meglive', 'still', 'raw_image'] as const).prefault('meglive,still,raw_image').describe('Liveness types callers may ask for.'),
-  POLICY_COMPARISON_TYPES: csv(['0', '1'] as const).prefault('0,1').describe('Comparison types callers may ask for.'),
-  POLICY_SECURITY_LEVEL: z.enum(['1', '2', '3', '4']).default('2').describe('`security_level` sent on every request.'),
+  POLICY_LIVENESS_TYPES: csv(LIVENESS_TYPES).prefault(LIVENESS_TYPES.join(',')).describe('Liveness types callers may ask for.'),
+  POLICY_COMPARISON_TYPES: csv(COMPARISON_TYPES).prefault(COMPARISON_TYPES.join(',')).describe('Comparison types callers may ask for.'),
+  POLICY_SECURITY_LEVEL: z.enum(SECURITY_LEVELS).default('2').describe('`security_level` sent on every request.'),
   POLICY_FORCE_COMPARE: flag.default('0').describe('`force_compare` sent on every request.'),
 
   UPLOAD_MEMORY_MB: integer(MAX_REQUEST_BYTES / 1024 / 1024, 4096).default(32).describe('Request bodies held in memory at once, in MiB; further uploads wait unread.'),

@@ -1,7 +1,13 @@
 import { z } from 'zod';
-import type { ComparisonType, LivenessType } from '../config/load-config';
 import { MAX_IMAGE_SIDE } from '../images/inspect-image';
 import { SIGN_VERSION } from './sign';
+
+/** The seed's enumerations, the one source for the table below, the policy variables and the sandbox. */
+export const LIVENESS_TYPES = ['meglive', 'still', 'raw_image'] as const;
+export const COMPARISON_TYPES = ['0', '1'] as const;
+export const SECURITY_LEVELS = ['1', '2', '3', '4'] as const;
+export type LivenessType = (typeof LIVENESS_TYPES)[number];
+export type ComparisonType = (typeof COMPARISON_TYPES)[number];
 
 /**
  * FaceID refuses requests over 20 MB; the service refuses them first.
@@ -73,8 +79,6 @@ export interface FileParameterRule extends ParameterRuleBase {
 }
 export type ParameterRule = TextParameterRule | FileParameterRule;
 
-const LIVENESS_TYPES = ['meglive', 'still', 'raw_image'] as const;
-const COMPARISON_TYPES = ['0', '1'] as const;
 
 export const PARAMETERS: Record<ParameterName, ParameterRule> = {
   sign: { kind: 'text', schema: z.string().min(1), requiredFor: { always: true }, description: 'Request signature (App-Authentication).' },
@@ -159,7 +163,7 @@ export const PARAMETERS: Record<ParameterName, ParameterRule> = {
   verbose: { kind: 'text', schema: flag('Detail of the answer.'), description: 'Detail of the answer.' },
   security_level: {
     kind: 'text',
-    schema: z.enum(['1', '2', '3', '4'], { error: 'must be 1, 2, 3 or 4' }),
+    schema: z.enum(SECURITY_LEVELS, { error: 'must be 1, 2, 3 or 4' }),
     description: 'Strictness of the comparison, 1 to 4.',
   },
   force_compare: { kind: 'text', schema: flag('Compare even when the face looks fake.'), description: 'Compare even when the face looks fake.' },

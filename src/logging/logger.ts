@@ -21,6 +21,9 @@ const REDACTED_PATHS = [
   '*.credentials',
 ];
 
+/** pino's levels, for the LOG_LEVEL variables of the service and the sandbox. */
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
 export function createLogger(level: string, destination?: DestinationStream): Logger {
   return pino(
     {

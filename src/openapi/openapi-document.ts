@@ -5,7 +5,7 @@ import { ERROR_CATALOG, type ErrorCode } from '../errors/error-catalog';
 import { MAX_REQUEST_BYTES, PARAMETERS, type ParameterName } from '../faceid/parameters';
 import { MAX_IMAGE_SIDE } from '../images/inspect-image';
 import { BIZ_TOKENS_PATH } from '../routes/biz-tokens';
-import { SERVER_OWNED } from '../token-request/validate-token-request';
+import { isServerOwned } from '../token-request/validate-token-request';
 
 type Json = Record<string, unknown>;
 
@@ -16,7 +16,7 @@ type Json = Record<string, unknown>;
 export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'rateLimit'>): Json {
   const clientSendsUuid = config.auth.mode === 'none';
   const fields = (Object.entries(PARAMETERS) as Array<[ParameterName, (typeof PARAMETERS)[ParameterName]]>).filter(
-    ([name]) => !SERVER_OWNED.has(name) && (name !== 'uuid' || clientSendsUuid),
+    ([name]) => !isServerOwned(name, clientSendsUuid),
   );
   const properties = Object.fromEntries(
     fields.map(([name, rule]) => {

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { createLogger } from '../logging/logger';
+import { createLogger, LOG_LEVELS } from '../logging/logger';
 import { startSandbox } from './sandbox-server';
 
 /** The sandbox's own entry (`npm run sandbox`): a FaceID stand-in on its own port. */
@@ -9,7 +9,7 @@ const sandboxEnvSchema = z.object({
   SANDBOX_API_KEY: z.string().min(1).default('sandbox-api-key').describe('The api_key the sandbox accepts.'),
   SANDBOX_API_SECRET: z.string().min(1).default('sandbox-api-secret').describe('The api_secret the sandbox checks signs with.'),
   SANDBOX_LATENCY_MS: z.coerce.number().int().min(0).max(120_000).default(0).describe('Delay added to every answer.'),
-  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  LOG_LEVEL: z.enum(LOG_LEVELS).default('info'),
 });
 
 async function main(): Promise<void> {

@@ -3,9 +3,9 @@ import { randomUUID } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { FILE_PARAMETERS, PARAMETERS, fitsTypes, isParameterName, isRequired, valueProblem, type ParameterName } from '../faceid/parameters';
+import { FILE_PARAMETERS, PARAMETERS, fitsTypes, isParameterName, isRequired, valueProblem, type ComparisonType, type LivenessType, type ParameterName } from '../faceid/parameters';
 import { GET_BIZ_TOKEN_PATH } from '../faceid/faceid-client';
-import { decodeSign } from '../faceid/sign';
+import { decodeSign, SIGN_VERSION } from '../faceid/sign';
 import { inspectImage } from '../images/inspect-image';
 import type { MultipartForm } from '../token-request/multipart-form';
 import { parseBizNoScenario, parseScenarioBody, type SandboxOutcome, type Scenario } from './scenario';
@@ -70,6 +70,8 @@ const OUTCOME_ANSWERS: Record<Exclude<SandboxOutcome, 'DROP' | 'HANG' | 'NOT_JSO
 
 export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
   const received: ReceivedRequest[] = [];
+  /** All token requests since start; `received` keeps only the last ones. */
+  let requestCount = 0;
   const singleUseSigns = new Map<string, number>();
   /** Per-biz_no count of scenario answers already given, for `OUTCOME*N`. */
   const bizNoHits = new Map<string, number>();
@@ -105,7 +107,7 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
       return send(res, { status: 200, body: { scenario: null } });
     }
     if (path === '/sandbox/stats' && req.method === 'GET') {
-      return send(res, { status: 200, body: { connections, requests: received.length } });
+      return send(res, { status: 200, body: { connections, requests: requestCount } });
     }
     if (path === '/healthz' && req.method === 'GET') return send(res, { status: 200, body: { status: 'ok' } });
     return send(res, faceIdError(404, 'API_NOT_FOUND'));
@@ -116,6 +118,7 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
     const parsed = await parseForm(req);
     if (parsed === 'too-large') return tooLarge(res);
     if (parsed === 'malformed') return send(res, faceIdError(400, 'BAD_ARGUMENTS: body'));
+    requestCount += 1;
     received.push({
       fields: Object.fromEntries(parsed.fields),
       files: Object.fromEntries([...parsed.files].map(([name, files]) => [name, files.map((file) => file.length)])),
@@ -168,7 +171,7 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
     const version = form.fields.get('sign_version')?.[0];
     if (sign === undefined) return faceIdError(400, 'MISSING_ARGUMENTS: sign');
     if (version === undefined) return faceIdError(400, 'MISSING_ARGUMENTS: sign_version');
-    if (version !== 'hmac_sha1') return faceIdError(400, 'BAD_ARGUMENTS: sign_version');
+    if (version !== SIGN_VERSION) return faceIdError(400, 'BAD_ARGUMENTS: sign_version');
     const decoded = decodeSign(sign);
     if (decoded === undefined || decoded.apiKey !== options.apiKey || !decoded.digestMatches(options.apiSecret)) {
       return faceIdError(403, 'AUTHENTICATION_ERROR');
@@ -224,8 +227,8 @@ function checkParameters(form: MultipartForm): Answer | undefined {
     if (value === undefined) return faceIdError(400, `MISSING_ARGUMENTS: ${name}`);
     if (rule.kind === 'text' && valueProblem(rule, value) !== undefined) return faceIdError(400, `BAD_ARGUMENTS: ${name}`);
   }
-  const comparisonType = comparison as '0' | '1';
-  const livenessType = liveness as 'meglive' | 'still' | 'raw_image';
+  const comparisonType = comparison as ComparisonType;
+  const livenessType = liveness as LivenessType;
   for (const [name, rule] of Object.entries(PARAMETERS) as Array<[ParameterName, (typeof PARAMETERS)[ParameterName]]>) {
     const value = rule.kind === 'file' ? form.files.get(name)?.[0] : form.fields.get(name)?.[0];
     if (value === undefined) {

@@ -1,4 +1,4 @@
-import type { ComparisonType, Config, LivenessType } from '../config/load-config';
+import type { Config } from '../config/load-config';
 import { AppError, badArgument, missingArgument } from '../errors/app-error';
 import {
   FILE_PARAMETERS,
@@ -7,7 +7,9 @@ import {
   isParameterName,
   isRequired,
   valueProblem,
+  type ComparisonType,
   type FileParameterName,
+  type LivenessType,
   type ParameterName,
 } from '../faceid/parameters';
 import { inspectImage, MAX_IMAGE_SIDE, type ImageFormat } from '../images/inspect-image';
@@ -42,13 +44,16 @@ export const SERVER_OWNED: ReadonlySet<ParameterName> = new Set([
   'return_faces',
 ]);
 
+/** Whether the service, not the client, sets a field: the list above, and `uuid` unless AUTH_MODE=none. */
+export const isServerOwned = (name: ParameterName, clientSendsUuid: boolean): boolean =>
+  SERVER_OWNED.has(name) || (name === 'uuid' && !clientSendsUuid);
+
 /** Checks a parsed form against the seed's rules, the policy and the local extras. Throws the first AppError. */
 export function validateTokenRequest(form: MultipartForm, { policy, clientSendsUuid }: ValidationPolicy): TokenRequest {
-  const serverOwned = (name: ParameterName): boolean => SERVER_OWNED.has(name) || (name === 'uuid' && !clientSendsUuid);
 
   for (const [name, values] of form.fields) {
     if (!isParameterName(name)) throw badArgument(name, `${name} is not a field of this endpoint`);
-    if (serverOwned(name)) throw badArgument(name, `${name} is set by the service and may not be sent`);
+    if (isServerOwned(name, clientSendsUuid)) throw badArgument(name, `${name} is set by the service and may not be sent`);
     if (PARAMETERS[name].kind === 'file') throw badArgument(name, `${name} must be sent as a file`);
     if (values.length > 1) throw badArgument(name, `${name} is repeated`);
   }
@@ -67,7 +72,7 @@ export function validateTokenRequest(form: MultipartForm, { policy, clientSendsU
     ['liveness_type', livenessType],
   ];
   for (const [name, rule] of Object.entries(PARAMETERS) as Array<[ParameterName, (typeof PARAMETERS)[ParameterName]]>) {
-    if (serverOwned(name) || name === 'comparison_type' || name === 'liveness_type') continue;
+    if (isServerOwned(name, clientSendsUuid) || name === 'comparison_type' || name === 'liveness_type') continue;
     const present = rule.kind === 'file' ? form.files.has(name) : form.fields.has(name);
     if (!present) {
       if (isRequired(rule, comparisonType, livenessType)) throw missingArgument(name);
