@@ -108,6 +108,19 @@ describe('GET /openapi.json', () => {
     expect(operationOf(openDocument).security ?? []).toEqual([]);
   });
 
+  test('when read, then the error catalog holds exactly the rows of CONTRACT section 2, plus 404 and 500, with their statuses', () => {
+    // Written out from the contract: the document is built from the catalog, so only this list can catch a catalog that drifts.
+    const contract: Record<string, number> = {
+      MISSING_ARGUMENTS: 400, BAD_ARGUMENTS: 400, IMAGE_ERROR_UNSUPPORTED_FORMAT: 400, INVALID_IMAGE_SIZE: 400, NO_FACE_FOUND: 400,
+      MULTIPLE_FACES: 400, LOW_QUALITY: 400, PAYLOAD_TOO_LARGE: 413, UNSUPPORTED_MEDIA_TYPE: 415, UNAUTHENTICATED: 401,
+      IDEMPOTENCY_KEY_REUSED: 409, RATE_LIMITED: 429, COMPARISON_TYPE_NOT_PERMITTED: 403, RETRY_LIMIT_REACHED: 429,
+      UPSTREAM_BUSY: 503, UPSTREAM_REJECTED: 502, UPSTREAM_ERROR: 502, UPSTREAM_TIMEOUT: 504,
+      // Not rows of the table, but answers every HTTP service gives: an unknown route, and a bug.
+      NOT_FOUND: 404, INTERNAL_ERROR: 500,
+    };
+    expect(Object.fromEntries(Object.entries(ERROR_CATALOG).map(([code, entry]) => [code, entry.status]))).toEqual(contract);
+  });
+
   test('when read, then every error code of ERROR_CATALOG has an example problem, under the response of its status', () => {
     const examples = new Map<string, { status: string; value: Json }>();
     for (const [pathName, pathItem] of Object.entries(document.paths as Record<string, Json>)) {

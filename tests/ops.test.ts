@@ -346,17 +346,15 @@ describe('server timeouts against slow clients', () => {
     }
   }
 
-  test('when startServer listens, then both servers use SERVER_TIMEOUTS: headers 15 s, request 120 s, keep-alive past 60 s', async () => {
+  test('when startServer listens, then both servers cut off headers after 15 s, requests after 120 s and idle keep-alive after 65 s', async () => {
     const servers = await serversOfStartServer();
     expect(servers.length).toBe(2);
-    expect(SERVER_TIMEOUTS.headersTimeoutMs).toBeLessThanOrEqual(30_000);
-    expect(SERVER_TIMEOUTS.requestTimeoutMs).toBeGreaterThanOrEqual(SERVER_TIMEOUTS.headersTimeoutMs);
-    expect(SERVER_TIMEOUTS.keepAliveTimeoutMs).toBeGreaterThan(60_000);
     for (const server of servers) {
+      // The values the README promises, written out: a changed constant must fail here, not pass along.
       expect({ headers: server.headersTimeout, request: server.requestTimeout, keepAlive: server.keepAliveTimeout }).toEqual({
-        headers: SERVER_TIMEOUTS.headersTimeoutMs,
-        request: SERVER_TIMEOUTS.requestTimeoutMs,
-        keepAlive: SERVER_TIMEOUTS.keepAliveTimeoutMs,
+        headers: 15_000,
+        request: 120_000,
+        keepAlive: 65_000,
       });
     }
   });
