@@ -1,4 +1,3 @@
-import { freePort } from './helpers/free-port';
 import { createHmac, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
@@ -7,6 +6,7 @@ import { loadConfig } from '../src/config/load-config';
 import { createLogger } from '../src/logging/logger';
 import { SERVER_TIMEOUTS, startServer } from '../src/server';
 import { startChildService, type ChildService } from './helpers/child-service';
+import { freePort } from './helpers/free-port';
 import {
   captureLog,
   expectProblem,

@@ -1,8 +1,8 @@
-import { freePort } from './helpers/free-port';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import type supertest from 'supertest';
+import { freePort } from './helpers/free-port';
 import { postToken, signToken, startTestSandbox, startTestService, uniquePrefix, validForm, type TestService } from './helpers/test-service';
 
 /**
