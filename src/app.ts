@@ -11,6 +11,7 @@ import { createResilientIdempotencyStore } from './idempotency/resilient-idempot
 import { connectSharedStore, type SharedStore } from './limits/shared-store';
 import { createUpstreamBudget } from './limits/upstream-budget';
 import { createCircuitBreaker } from './limits/circuit-breaker';
+import { createUploadBufferPool } from './limits/upload-buffer-pool';
 import { createUploadMemoryBudget } from './limits/upload-memory-budget';
 import { createUpstreamGate } from './limits/upstream-gate';
 import { createUserRateLimiter } from './limits/user-rate-limiter';
@@ -56,6 +57,7 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
     log: logger.child({ component: 'faceid-circuit' }),
   });
   const uploadBudget = createUploadMemoryBudget(config.uploads.memoryBytes, config.uploads.queueTimeoutMs);
+  const uploadBuffers = createUploadBufferPool(config.uploads.memoryBytes);
   const metrics = createMetrics({ gate, breaker, uploadBudget });
   const local = createMemoryIdempotencyStore();
   const useCase: IssueBizTokenDeps = {
@@ -98,6 +100,7 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
     rateLimiter: createUserRateLimiter(config.rateLimit, shared),
     metrics,
     uploadBudget,
+    uploadBuffers,
     useCase,
   });
 

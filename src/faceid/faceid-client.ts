@@ -108,7 +108,11 @@ export class FaceIdClient {
     this.agent.destroy();
   }
 
-  /** One POST; every way it can end becomes an outcome, never a rejection. */
+  /**
+   * One POST; every way it can end becomes an outcome, never a rejection. The outcome is given only once
+   * the request is closed: FaceID may answer before it has read the whole body, and the photos' buffers
+   * must not be reused while they are still being written.
+   */
   private attempt(request: UpstreamTokenRequest, deadline: AbortSignal): Promise<AttemptOutcome> {
     const { apiKey, apiSecret } = this.options.credentials;
     const form = encodeMultipart(
@@ -120,7 +124,11 @@ export class FaceIdClient {
         bytes: image.bytes,
       })),
     );
-    return new Promise((resolve) => {
+    return new Promise((done) => {
+      let outcome: AttemptOutcome | undefined;
+      const resolve = (value: AttemptOutcome): void => {
+        outcome ??= value;
+      };
       const failed = (error: NodeJS.ErrnoException): void => {
         const code = error.code ?? 'UNKNOWN';
         resolve({ kind: 'network', code, retryable: RETRYABLE_NETWORK_CODES.has(code) });
@@ -150,6 +158,7 @@ export class FaceIdClient {
         },
       );
       outgoing.on('error', failed);
+      outgoing.on('close', () => done(outcome ?? { kind: 'network', code: 'UNKNOWN', retryable: false }));
       // One write of the small parts and the photos together, then the end.
       outgoing.cork();
       for (const chunk of form.chunks) outgoing.write(chunk);

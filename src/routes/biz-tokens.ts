@@ -4,6 +4,7 @@ import type { AuthenticateCaller, Caller } from '../auth/authenticate-caller';
 import { AppError } from '../errors/app-error';
 import { contextOf, outcomeOf } from '../http/request-context';
 import { closeAfterAnswer, sendJson } from '../http/response';
+import type { UploadBufferPool } from '../limits/upload-buffer-pool';
 import type { UploadMemoryBudget } from '../limits/upload-memory-budget';
 import type { UserRateLimiter } from '../limits/user-rate-limiter';
 import { writeProblem } from '../middleware/error-handler';
@@ -22,6 +23,7 @@ export interface BizTokenRouteDeps {
   rateLimiter: UserRateLimiter;
   metrics: Metrics;
   uploadBudget: UploadMemoryBudget;
+  uploadBuffers: UploadBufferPool;
   useCase: IssueBizTokenDeps;
 }
 
@@ -63,14 +65,17 @@ async function answer(req: IncomingMessage, res: ServerResponse, deps: BizTokenR
   const idempotencyKey = idempotencyKeyOf(req.headers);
   if (refusal !== undefined && idempotencyKey === undefined) throw refusal;
   const answeredBefore = refusal === undefined || idempotencyKey === undefined ? undefined : await answeredOrRefuse(deps.useCase.idempotency, caller, idempotencyKey, refusal);
-  const form = await readMultipartForm(req, res, deps.uploadBudget);
-  if (form === undefined) return;
+  const upload = await readMultipartForm(req, res, deps.uploadBudget, deps.uploadBuffers);
+  if (upload === undefined) return;
   const log = deps.logger.child({ request_id: context.requestId });
   try {
-    context.issued = await issueBizToken({ caller, form, idempotencyKey, answeredBefore }, deps.useCase, log);
+    context.issued = await issueBizToken({ caller, form: upload.form, idempotencyKey, answeredBefore }, deps.useCase, log);
   } catch (error) {
     if (error instanceof AppError && error.logContext?.idempotentReplay === true) markReplay(res, deps, caller, log);
     throw error;
+  } finally {
+    // The use case is done with the photos: FaceID's exchange has closed, retries included.
+    upload.recycle();
   }
   if (context.issued.replayed) markReplay(res, deps, caller, log);
   sendJson(res, 201, 'application/json', context.issued.body);

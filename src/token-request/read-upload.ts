@@ -1,32 +1,43 @@
 import type { IncomingMessage } from 'node:http';
 import { AppError } from '../errors/app-error';
+import type { UploadBufferPool } from '../limits/upload-buffer-pool';
 
 export const uploadTooLarge = (maxBytes: number): AppError =>
   new AppError(413, 'PAYLOAD_TOO_LARGE', `the request is larger than ${maxBytes} bytes`);
 
 const clientGone = (): AppError => new AppError(400, 'BAD_ARGUMENTS', 'the client closed the connection before the body was complete');
 
+export interface Upload {
+  body: Buffer;
+  /** The pool's buffer behind `body`, to give back once nothing reads the body any more. */
+  pooled: Buffer | undefined;
+}
+
 /**
- * Reads a request body into one buffer. Sized by `Content-Length` when announced: one copy of every byte,
- * no joining. A chunked body's pieces are kept as they come and joined once at its end. Past `maxBytes` it
- * rejects at once, without waiting for the rest, and discards what still arrives; the caller closes the
- * connection.
+ * Reads a request body into one buffer. Sized by `Content-Length` when announced: a pooled buffer, one copy
+ * of every byte, no joining. A chunked body's pieces are kept as they come and joined once at its end. Past
+ * `maxBytes` it rejects at once, without waiting for the rest, and discards what still arrives; the caller
+ * closes the connection.
  */
-export function readUpload(req: IncomingMessage, announced: number | undefined, maxBytes: number): Promise<Buffer> {
+export function readUpload(req: IncomingMessage, announced: number | undefined, maxBytes: number, pool: UploadBufferPool): Promise<Upload> {
   return new Promise((resolve, reject) => {
     if (req.destroyed) {
       reject(clientGone());
       return;
     }
-    const sized = announced === undefined ? undefined : Buffer.allocUnsafe(announced);
+    const sized = announced === undefined ? undefined : pool.take(announced);
+    const fail = (error: AppError): void => {
+      stop();
+      if (sized !== undefined) pool.give(sized);
+      reject(error);
+    };
     let pieces: Buffer[] = [];
     let received = 0;
     const onData = (chunk: Buffer): void => {
       if (received + chunk.length > (announced ?? maxBytes)) {
-        stop();
         pieces = [];
         req.resume();
-        reject(uploadTooLarge(maxBytes));
+        fail(uploadTooLarge(maxBytes));
         return;
       }
       if (sized === undefined) pieces.push(chunk);
@@ -35,12 +46,9 @@ export function readUpload(req: IncomingMessage, announced: number | undefined, 
     };
     const onEnd = (): void => {
       stop();
-      resolve(sized === undefined ? Buffer.concat(pieces, received) : sized.subarray(0, received));
+      resolve(sized === undefined ? { body: Buffer.concat(pieces, received), pooled: undefined } : { body: sized.subarray(0, received), pooled: sized });
     };
-    const onClose = (): void => {
-      stop();
-      reject(clientGone());
-    };
+    const onClose = (): void => fail(clientGone());
     const stop = (): void => {
       req.off('data', onData);
       req.off('end', onEnd);
