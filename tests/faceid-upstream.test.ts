@@ -214,6 +214,18 @@ describe('FaceID broken or unreachable: 502 UPSTREAM_ERROR / 504 UPSTREAM_TIMEOU
     expect(target.sandbox.received).toHaveLength(1);
   });
 
+  // The seed's other AUTHORIZATION_ERROR reasons: each is the operator's problem, never the caller's.
+  test.each(['EXPIRED_SIGN', 'INVALID_SIGN', 'IP_NOT_ALLOWED', 'LIMIT_REACHED', 'DENIED'])(
+    'when FaceID refuses the service with AUTHORIZATION_ERROR: %s, then it answers 502 UPSTREAM_REJECTED without retrying or showing why',
+    async (reason) => {
+      const target = await start({ FACEID_MAX_RETRIES: '2' });
+      const response = await postToken(target, withBizNo(`sandbox:error=AUTHORIZATION_ERROR: ${reason}`));
+      expectProblem(response, 502, 'UPSTREAM_REJECTED');
+      expectNoLeak(response, target, [reason]);
+      expect(target.sandbox.received).toHaveLength(1);
+    },
+  );
+
   test('when FaceID answers an error string the service does not know, then it answers 502 UPSTREAM_ERROR without retrying, and the log keeps the string', async () => {
     const unknown = 'SOMETHING_UNDOCUMENTED: new reason';
     const target = await start({ FACEID_MAX_RETRIES: '2' });
