@@ -10,8 +10,12 @@ RUN npm run build
 
 # Final stage: production dependencies and the built output only; no secrets, no sources, no dev tools.
 FROM node:24-bookworm-slim
+# MALLOC_MMAP_THRESHOLD_: glibc gives every buffer over 64 KiB (the uploads) its own mapping, returned to the
+# system when freed; left to itself it raises the threshold after the first large free and keeps later
+# uploads in a heap it never shrinks (peak memory with 64 uploads of 8 MB: 166-178 MiB without, 136-142 with).
 ENV NODE_ENV=production \
-    PORT=3000
+    PORT=3000 \
+    MALLOC_MMAP_THRESHOLD_=65536
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
