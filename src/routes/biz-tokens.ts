@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { AuthenticateCaller, Caller } from '../auth/authenticate-caller';
 import { AppError } from '../errors/app-error';
+import type { AnsweredRecord } from '../idempotency/idempotency-store';
 import { contextOf, outcomeOf } from '../http/request-context';
 import { closeAfterAnswer, sendJson } from '../http/response';
 import type { UploadBufferPool } from '../limits/upload-buffer-pool';
@@ -63,8 +64,11 @@ async function answer(req: IncomingMessage, res: ServerResponse, deps: BizTokenR
   // Spent before the key is checked: every authenticated request counts, a malformed key included.
   const refusal = await spendRequest(deps.rateLimiter, caller, res);
   const idempotencyKey = idempotencyKeyOf(req.headers);
-  if (refusal !== undefined && idempotencyKey === undefined) throw refusal;
-  const answeredBefore = refusal === undefined || idempotencyKey === undefined ? undefined : await answeredOrRefuse(deps.useCase.idempotency, caller, idempotencyKey, refusal);
+  let answeredBefore: AnsweredRecord | undefined;
+  if (refusal !== undefined) {
+    if (idempotencyKey === undefined) throw refusal;
+    answeredBefore = await answeredOrRefuse(deps.useCase.idempotency, caller, idempotencyKey, refusal);
+  }
   const upload = await readMultipartForm(req, res, deps.uploadBudget, deps.uploadBuffers);
   if (upload === undefined) return;
   const log = deps.logger.child({ request_id: context.requestId });
