@@ -3,7 +3,9 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type supertest from 'supertest';
 import { jpeg, textNamedJpg } from './fixtures/images';
+import { createLogger } from '../src/logging/logger';
 import {
+  captureLog,
   postToken,
   SANDBOX_SECRET,
   signToken,
@@ -406,4 +408,50 @@ describe('X-Request-Id', () => {
 
   // A newline cannot be sent at all: Node's HTTP client refuses it, and the server's parser ends the header
   // line there. What remains of such a value is covered by the cases above.
+});
+
+describe('the logger\'s own redaction (the second line of defence)', () => {
+  const logged = (object: Record<string, unknown>): { line: Record<string, unknown>; text: string } => {
+    const { destination, log } = captureLog();
+    createLogger('info', destination).info(object, 'redaction probe');
+    const [line] = log.lines();
+    return { line: line ?? {}, text: log.text() };
+  };
+
+  test('when a line carries a secret under a known name at the top, nested or in headers, then only "[redacted]" is written', () => {
+    const { line, text } = logged({
+      sign: 'sign-value-1',
+      Authorization: 'Bearer jwt-value-2',
+      faceid: { credentials: { apiKey: 'key', apiSecret: 'secret-value-3' } },
+      request: { headers: { authorization: 'Bearer jwt-value-4' }, body: { idcard_number: ID_NUMBER, idcard_name: NAME } },
+      list: [{ token: 'token-value-5' }],
+      kept: { attempts: 2 },
+      masked: { apiSecret: 'set', jwtSecret: 'unset' },
+    });
+    for (const secret of ['sign-value-1', 'jwt-value-2', 'secret-value-3', 'jwt-value-4', ID_NUMBER, NAME, 'token-value-5']) expect(text).not.toContain(secret);
+    expect(line).toMatchObject({
+      sign: '[redacted]',
+      Authorization: '[redacted]',
+      faceid: { credentials: '[redacted]' },
+      request: { headers: { authorization: '[redacted]' }, body: { idcard_number: '[redacted]', idcard_name: '[redacted]' } },
+      list: [{ token: '[redacted]' }],
+      kept: { attempts: 2 },
+      // The start-up line's masks say only whether a secret is configured.
+      masked: { apiSecret: 'set', jwtSecret: 'unset' },
+    });
+  });
+
+  test('when a child logger is bound to a secret, then its lines carry "[redacted]" instead', () => {
+    const { destination, log } = captureLog();
+    createLogger('info', destination).child({ request_id: 'r-1', sign: 'sign-value-6' }).info('child probe');
+    expect(log.text()).not.toContain('sign-value-6');
+    expect(log.lines()[0]).toMatchObject({ request_id: 'r-1', sign: '[redacted]' });
+  });
+
+  test('when an object is logged, then the caller\'s object is left as it was and an error keeps its serialized shape', () => {
+    const object = { nested: { sign: 'sign-value-7' }, err: new Error('upstream broke') };
+    const { line } = logged(object);
+    expect(object.nested.sign).toBe('sign-value-7');
+    expect(line).toMatchObject({ nested: { sign: '[redacted]' }, err: { type: 'Error', message: 'upstream broke' } });
+  });
 });
