@@ -249,7 +249,7 @@ http { access_log off; client_max_body_size 25m; client_body_buffer_size 1m; pro
         const key = `${body.key}|${connections}|${target.name}`;
         const sample = await run(target, body, connections, DURATION_S);
         (samples[key] ??= []).push(sample);
-        process.stdout.write(`round ${round} ${body.name} c=${connections} ${target.name}: ${sample.reqPerSec.toFixed(0)} req/s p50 ${sample.p50} ms errors ${sample.errors}${sample.peakRss === undefined ? '' : ` peak ${sample.peakRss.toFixed(0)} MiB`}\n`);
+        process.stdout.write(`round ${round} ${body.name} c=${connections} ${target.name}: ${sample.reqPerSec.toFixed(0)} req/s p50 ${sample.p50} ms errors ${sample.errors}${sample.cpuPer1000 === undefined ? '' : ` CPU ${sample.cpuPer1000.toFixed(2)} ms/req`}${sample.peakRss === undefined ? '' : ` peak ${sample.peakRss.toFixed(0)} MiB`}\n`);
       }
     }
   }
