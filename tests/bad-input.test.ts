@@ -347,6 +347,27 @@ describe('broken multipart', () => {
     await expectUnharmed(before);
   });
 
+  test('when a part\'s headers are written unusually (Content-Type first, lower case, no spaces, an unquoted name), then its field is still read', async () => {
+    const before = upstreamMark();
+    // liveness_timeout must be a number: a 400 naming it shows the part was read under its name.
+    const unusual = Buffer.from(`--${BOUNDARY}\r\ncontent-type: text/plain\r\ncontent-disposition:form-data;name=liveness_timeout\r\n\r\nsoon\r\n`, 'latin1');
+    const response = await postRaw(multipartType, Buffer.concat([unusual, multipartBody(validParts())]));
+    expectProblem(response, 400, 'BAD_ARGUMENTS', 'liveness_timeout');
+    await expectUnharmed(before);
+  });
+
+  test.each([
+    ['empty', ''],
+    ['65 bytes long', 'n'.repeat(65)],
+  ])('when a part\'s name is %s, then 400 BAD_ARGUMENTS and nothing goes upstream', async (_what, name) => {
+    const before = upstreamMark();
+    const part = Buffer.from(`--${BOUNDARY}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\nx\r\n`, 'latin1');
+    const response = await postRaw(multipartType, Buffer.concat([part, multipartBody(validParts())]));
+    expectProblem(response, 400, 'BAD_ARGUMENTS');
+    expect((response.body as { detail?: string }).detail).toMatch(/no field name|field name is too long/);
+    await expectUnharmed(before);
+  });
+
   test('when a part names its field twice, then 400 BAD_ARGUMENTS and nothing goes upstream', async () => {
     const before = upstreamMark();
     const twice = Buffer.from(`--${BOUNDARY}\r\nContent-Disposition: form-data; name="biz_no"; name="liveness_timeout"\r\n\r\n30\r\n`, 'latin1');

@@ -26,6 +26,12 @@ const BOUNDARY_PARAM = /;\s*boundary\s*=\s*(?:"([^"]*)"|([^\s;"]*))\s*(?:;|$)/i;
 const BOUNDARY_CHARS = /^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$/;
 const DISPOSITION_PARAM = /;\s*([A-Za-z*]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;]*))/g;
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
+/**
+ * The header block nearly every client writes, read with one match: a name without quotes or escapes, an
+ * optional filename, an optional Content-Type. One of each at most, so nothing can be said twice. Any other
+ * block takes the general reading, which costs several times as much.
+ */
+const COMMON_PART_HEADERS = /^content-disposition: form-data; name="([^"\\\r\n]*)"(; filename="[^"\\\r\n]*")?(?:\r\ncontent-type: [^\r\n]*)?$/i;
 
 const malformed = (detail: string): AppError => new AppError(400, 'BAD_ARGUMENTS', `the body is not well-formed multipart/form-data: ${detail}`);
 
@@ -112,6 +118,15 @@ function decodeUtf8(name: string, bytes: Buffer): string {
  * `__proto__` and the like are left to validation, which knows the fields.
  */
 function dispositionOf(headerBlock: string): { name: string; isFile: boolean } {
+  const common = COMMON_PART_HEADERS.exec(headerBlock);
+  const { name, isFile } = common === null ? readDisposition(headerBlock) : { name: common[1] ?? '', isFile: common[2] !== undefined };
+  if (name.length === 0) throw new AppError(400, 'BAD_ARGUMENTS', 'a part has no field name');
+  if (Buffer.byteLength(name) > LIMITS.fieldNameBytes) throw new AppError(400, 'BAD_ARGUMENTS', 'a field name is too long');
+  return { name, isFile };
+}
+
+/** The general reading of a header block: any header order, spacing, quoting and escapes. */
+function readDisposition(headerBlock: string): { name: string; isFile: boolean } {
   let disposition: string | undefined;
   for (const line of headerBlock.length === 0 ? [] : headerBlock.split('\r\n')) {
     const colon = line.indexOf(':');
@@ -131,9 +146,7 @@ function dispositionOf(headerBlock: string): { name: string; isFile: boolean } {
       name = value;
     } else if (key === 'filename' || key === 'filename*') isFile = true;
   }
-  if (name === undefined || name.length === 0) throw new AppError(400, 'BAD_ARGUMENTS', 'a part has no field name');
-  if (Buffer.byteLength(name) > LIMITS.fieldNameBytes) throw new AppError(400, 'BAD_ARGUMENTS', 'a field name is too long');
-  return { name, isFile };
+  return { name: name ?? '', isFile };
 }
 
 function appendTo<T>(map: Map<string, T[]>, name: string, value: T): void {
