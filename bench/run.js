@@ -24,6 +24,8 @@ const WARMUP_S = Number(process.env.BENCH_WARMUP_S ?? 5);
 const KEY = 'bench-key';
 const SECRET = 'bench-secret';
 const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
+/** The service runs as the image runs it: the runtime settings (glibc, V8) of the Dockerfile's final stage. */
+const RUNTIME_SETTINGS = dockerfileEnvironment(['MALLOC_MMAP_THRESHOLD_', 'NODE_OPTIONS']);
 
 // The load generator must not compete with the servers for their core.
 if (process.env.BENCH_PINNED !== '1' && hasTaskset()) {
@@ -43,6 +45,19 @@ function hasTaskset() {
   } catch {
     return false;
   }
+}
+
+/** The named variables of the Dockerfile's last ENV instruction (`NAME=value` pairs, one per line). */
+function dockerfileEnvironment(names) {
+  const dockerfile = fs.readFileSync(path.join(root, 'Dockerfile'), 'utf8');
+  const lastEnv = dockerfile.slice(dockerfile.lastIndexOf('\nENV ')).split(/\n(?!\s)/)[1] ?? '';
+  const settings = {};
+  for (const name of names) {
+    const match = new RegExp(`\\b${name}=(\\S+)`).exec(lastEnv);
+    if (match === null) throw new Error(`the Dockerfile's ENV sets no ${name}`);
+    settings[name] = match[1];
+  }
+  return settings;
 }
 
 /** A JPEG of roughly the wanted size: noise makes it incompressible enough. */
@@ -175,8 +190,7 @@ async function main() {
   const service = startPinned(process.execPath, [...nodeArgs, path.join(root, 'dist', 'server.js')], {
     NODE_ENV: 'development', PORT: String(servicePort), LOG_LEVEL: 'info', FACEID_BASE_URL: sandboxUrl, FACEID_API_KEY: KEY,
     FACEID_API_SECRET: SECRET, AUTH_MODE: 'none', RATE_LIMIT_MAX: '1000000', FACEID_MAX_CONCURRENCY: '64',
-    // As the Dockerfile runs it.
-    MALLOC_MMAP_THRESHOLD_: '65536',
+    ...RUNTIME_SETTINGS,
   }, path.join(work, 'service.log'));
   children.push(service);
   const serviceUrl = `http://127.0.0.1:${servicePort}`;
@@ -282,7 +296,7 @@ function writeReport({ targets, bodies, samples, single, rssGrowth, nginx }) {
     '',
     `Measured by \`npm run bench\` on ${new Date().toISOString().slice(0, 10)}: ${os.cpus().length} cores (${cpu}), ${Math.round(os.totalmem() / 1024 ** 3)} GiB, Node ${process.version}, ${os.type()} ${os.release()}.`,
     `Servers (sandbox, service${nginx ? ', nginx' : ''}) pinned to core 0, the load generator (autocannon) to core 1; each target warmed with each body for ${WARMUP_S} s, then ${ROUNDS} interleaved rounds of ${DURATION_S} s per case; medians.`,
-    'The service runs as the Dockerfile runs it (MALLOC_MMAP_THRESHOLD_=65536), with LOG_LEVEL=info (one JSON line per request) and AUTH_MODE=none, without Redis.',
+    `The service runs as the Dockerfile runs it (${Object.entries(RUNTIME_SETTINGS).map(([name, value]) => `${name}=${value}`).join(', ')}), with LOG_LEVEL=info (one JSON line per request) and AUTH_MODE=none, without Redis.`,
     '',
     '| body | connections | target | req/s | p50 ms | p99 ms | CPU-s per 1000 req | peak RSS MiB | errors | ratio to nginx |',
     '|---|---|---|---|---|---|---|---|---|---|',

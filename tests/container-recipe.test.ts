@@ -47,7 +47,14 @@ describe('the container recipe', () => {
     }
   });
 
-  test('when the service and sandbox start with the compose environment, then a biz_token comes back', async () => {
+  test('when the image sets Node flags, then `npm start` passes the same ones', () => {
+    const { NODE_OPTIONS: flags } = imageRuntimeSettings();
+    const { scripts } = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+    expect(flags).toMatch(/^--max-semi-space-size=\d+$/);
+    expect(scripts.start).toBe(`node ${flags} dist/server.js`);
+  });
+
+  test('when the service and sandbox start with the compose environment and the image\'s runtime settings, then a biz_token comes back', async () => {
     const compose = parse(readFileSync(path.join(root, 'docker-compose.yml'), 'utf8')) as { services: Record<string, ComposeService> };
     const sandboxSpec = compose.services['faceid-sandbox'];
     const serviceSpec = compose.services['token-service'];
@@ -64,7 +71,11 @@ describe('the container recipe', () => {
     const environment = { ...serviceSpec?.environment };
     environment.FACEID_BASE_URL = (environment.FACEID_BASE_URL ?? '').replace('faceid-sandbox:3100', `127.0.0.1:${sandboxPort}`);
     environment.REDIS_URL = (environment.REDIS_URL ?? '').replace('redis:6379', '127.0.0.1:6379');
-    service = await startChildService({ ...environment, PORT: '0', REDIS_KEY_PREFIX: `container-test-${process.pid}:` }, path.join(folder, 'dist', 'server.js'));
+    // Node refuses to start on a flag NODE_OPTIONS may not carry, so this also proves the image's flags start.
+    service = await startChildService(
+      { ...environment, ...imageRuntimeSettings(), PORT: '0', REDIS_KEY_PREFIX: `container-test-${process.pid}:` },
+      path.join(folder, 'dist', 'server.js'),
+    );
 
     const form = new FormData();
     form.append('comparison_type', '0');
@@ -78,6 +89,18 @@ describe('the container recipe', () => {
     expect(ready.checks.redis).toBe('ok');
   }, 30_000);
 });
+
+/** The runtime settings (glibc, V8) that the Dockerfile's final stage sets with ENV. */
+function imageRuntimeSettings(): { MALLOC_MMAP_THRESHOLD_: string; NODE_OPTIONS: string } {
+  const dockerfile = readFileSync(path.join(root, 'Dockerfile'), 'utf8');
+  const lastEnv = dockerfile.slice(dockerfile.lastIndexOf('\nENV ')).split(/\n(?!\s)/)[1] ?? '';
+  const valueOf = (name: string): string => {
+    const value = new RegExp(`\\b${name}=(\\S+)`).exec(lastEnv)?.[1];
+    if (value === undefined) throw new Error(`the Dockerfile's ENV sets no ${name}`);
+    return value;
+  };
+  return { MALLOC_MMAP_THRESHOLD_: valueOf('MALLOC_MMAP_THRESHOLD_'), NODE_OPTIONS: valueOf('NODE_OPTIONS') };
+}
 
 async function waitFor(url: string): Promise<void> {
   for (let attempt = 0; attempt < 50; attempt += 1) {
