@@ -13,14 +13,14 @@ FROM node:24-bookworm-slim
 # MALLOC_MMAP_THRESHOLD_: glibc gives every buffer over 64 KiB (the uploads) its own mapping, returned to the
 # system when freed; left to itself it raises the threshold after the first large free and keeps later
 # uploads in a heap it never shrinks (peak memory with 64 uploads of 8 MB: 166-178 MiB without, 136-142 with).
-# --max-semi-space-size=4 (MiB): every request body arrives in buffers V8 counts against its old generation
+# --max-semi-space-size=2 (MiB): every request body arrives in buffers V8 counts against its old generation
 # until a young collection frees them; with young collections this frequent, that count no longer forces a full
 # collection every tenth of a second (about a quarter less CPU per 150 KB request, less peak memory; BENCHMARKS.md).
 # `npm start` passes the same flag.
 ENV NODE_ENV=production \
     PORT=3000 \
     MALLOC_MMAP_THRESHOLD_=65536 \
-    NODE_OPTIONS=--max-semi-space-size=4
+    NODE_OPTIONS=--max-semi-space-size=2
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
