@@ -26,14 +26,19 @@ export function readUpload(req: IncomingMessage, announced: number | undefined, 
       return;
     }
     const sized = announced === undefined ? undefined : pool.take(announced);
+    // Once settled, later events are ignored rather than unsubscribed: taking three listeners off a stream
+    // per request cost more than the checks.
+    let settled = false;
     const fail = (error: AppError): void => {
-      stop();
+      if (settled) return;
+      settled = true;
       if (sized !== undefined) pool.give(sized);
       reject(error);
     };
     let pieces: Buffer[] = [];
     let received = 0;
     const onData = (chunk: Buffer): void => {
+      if (settled) return;
       if (received + chunk.length > (announced ?? maxBytes)) {
         pieces = [];
         req.resume();
@@ -45,15 +50,11 @@ export function readUpload(req: IncomingMessage, announced: number | undefined, 
       received += chunk.length;
     };
     const onEnd = (): void => {
-      stop();
+      if (settled) return;
+      settled = true;
       resolve(sized === undefined ? { body: Buffer.concat(pieces, received), pooled: undefined } : { body: sized.subarray(0, received), pooled: sized });
     };
     const onClose = (): void => fail(clientGone());
-    const stop = (): void => {
-      req.off('data', onData);
-      req.off('end', onEnd);
-      req.off('close', onClose);
-    };
     req.on('data', onData);
     req.on('end', onEnd);
     req.on('close', onClose);
