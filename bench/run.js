@@ -263,7 +263,7 @@ http { access_log off; client_max_body_size 25m; client_body_buffer_size 1m; pro
         const key = `${body.key}|${connections}|${target.name}`;
         const sample = await run(target, body, connections, DURATION_S);
         (samples[key] ??= []).push(sample);
-        process.stdout.write(`round ${round} ${body.name} c=${connections} ${target.name}: ${sample.reqPerSec.toFixed(0)} req/s p50 ${sample.p50} ms errors ${sample.errors}${sample.cpuPer1000 === undefined ? '' : ` CPU ${sample.cpuPer1000.toFixed(2)} ms/req`}${sample.peakRss === undefined ? '' : ` peak ${sample.peakRss.toFixed(0)} MiB`}\n`);
+        process.stdout.write(`round ${round} ${body.name} c=${connections} ${target.name}: ${sample.reqPerSec.toFixed(0)} req/s p50 ${sample.p50} ms errors ${sample.errors}${sample.cpuPer1000 === undefined ? '' : ` CPU ${sample.cpuPer1000.toFixed(3)} ms/req`}${sample.peakRss === undefined ? '' : ` peak ${sample.peakRss.toFixed(0)} MiB`}\n`);
       }
     }
   }
@@ -298,17 +298,21 @@ function writeReport({ targets, bodies, samples, single, rssGrowth, nginx }) {
     `Servers (sandbox, service${nginx ? ', nginx' : ''}) pinned to core 0, the load generator (autocannon) to core 1; each target warmed with each body for ${WARMUP_S} s, then ${ROUNDS} interleaved rounds of ${DURATION_S} s per case; medians.`,
     `The service runs as the Dockerfile runs it (${Object.entries(RUNTIME_SETTINGS).map(([name, value]) => `${name}=${value}`).join(', ')}), with LOG_LEVEL=info (one JSON line per request) and AUTH_MODE=none, without Redis.`,
     '',
-    '| body | connections | target | req/s | p50 ms | p99 ms | CPU-s per 1000 req | peak RSS MiB | errors | ratio to nginx |',
-    '|---|---|---|---|---|---|---|---|---|---|',
+    '| body | connections | target | req/s | p50 ms | p99 ms | CPU-s per 1000 req | peak RSS MiB | errors | req/s to nginx | CPU per req to nginx |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
   ];
   for (const body of bodies) {
     for (const connections of [16, 64]) {
-      const reference = median((samples[`${body.key}|${connections}|nginx (reference)`] ?? []).map((sample) => sample.reqPerSec));
+      const referenceList = samples[`${body.key}|${connections}|nginx (reference)`] ?? [];
+      const reference = median(referenceList.map((sample) => sample.reqPerSec));
+      const referenceCpu = median(referenceList.map((sample) => sample.cpuPer1000));
+      const ratio = (value, base) => (value === undefined || base === undefined ? 'n/a' : (value / base).toFixed(2));
       for (const target of targets) {
         const list = samples[`${body.key}|${connections}|${target.name}`] ?? [];
         const rate = median(list.map((sample) => sample.reqPerSec));
+        const cpu = median(list.map((sample) => sample.cpuPer1000));
         lines.push(
-          `| ${body.name} | ${connections} | ${target.name} | ${fixed(rate)} | ${fixed(median(list.map((s) => s.p50)), 1)} | ${fixed(median(list.map((s) => s.p99)), 1)} | ${fixed(median(list.map((s) => s.cpuPer1000)), 2)} | ${fixed(median(list.map((s) => s.peakRss)))} | ${list.reduce((sum, s) => sum + s.errors, 0)} | ${reference === undefined || rate === undefined ? 'n/a' : (rate / reference).toFixed(2)} |`,
+          `| ${body.name} | ${connections} | ${target.name} | ${fixed(rate)} | ${fixed(median(list.map((s) => s.p50)), 1)} | ${fixed(median(list.map((s) => s.p99)), 1)} | ${fixed(cpu, 3)} | ${fixed(median(list.map((s) => s.peakRss)))} | ${list.reduce((sum, s) => sum + s.errors, 0)} | ${ratio(rate, reference)} | ${ratio(cpu, referenceCpu)} |`,
         );
       }
     }
