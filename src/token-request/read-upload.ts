@@ -54,7 +54,10 @@ export function readUpload(req: IncomingMessage, announced: number | undefined, 
       settled = true;
       resolve(sized === undefined ? { body: Buffer.concat(pieces, received), pooled: undefined } : { body: sized.subarray(0, received), pooled: sized });
     };
-    const onClose = (): void => fail(clientGone());
+    // Every request closes in the end; only an unsettled one is worth an error (and its stack trace).
+    const onClose = (): void => {
+      if (!settled) fail(clientGone());
+    };
     req.on('data', onData);
     req.on('end', onEnd);
     req.on('close', onClose);
