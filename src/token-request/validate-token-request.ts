@@ -44,6 +44,9 @@ export const SERVER_OWNED: ReadonlySet<ParameterName> = new Set([
   'return_faces',
 ]);
 
+/** The parameter table in its order, listed once rather than on every request. */
+const PARAMETER_ENTRIES = Object.entries(PARAMETERS) as ReadonlyArray<[ParameterName, (typeof PARAMETERS)[ParameterName]]>;
+
 /** Whether the service, not the client, sets a field: the list above, and `uuid` unless AUTH_MODE=none. */
 export const isServerOwned = (name: ParameterName, clientSendsUuid: boolean): boolean =>
   SERVER_OWNED.has(name) || (name === 'uuid' && !clientSendsUuid);
@@ -71,7 +74,7 @@ export function validateTokenRequest(form: MultipartForm, { policy, clientSendsU
     ['comparison_type', comparisonType],
     ['liveness_type', livenessType],
   ];
-  for (const [name, rule] of Object.entries(PARAMETERS) as Array<[ParameterName, (typeof PARAMETERS)[ParameterName]]>) {
+  for (const [name, rule] of PARAMETER_ENTRIES) {
     if (isServerOwned(name, clientSendsUuid) || name === 'comparison_type' || name === 'liveness_type') continue;
     const present = rule.kind === 'file' ? form.files.has(name) : form.fields.has(name);
     if (!present) {
