@@ -426,9 +426,13 @@ describe('the logger\'s own redaction (the second line of defence)', () => {
       request: { headers: { authorization: 'Bearer jwt-value-4' }, body: { idcard_number: ID_NUMBER, idcard_name: NAME } },
       list: [{ token: 'token-value-5' }],
       kept: { attempts: 2 },
-      masked: { apiSecret: 'set', jwtSecret: 'unset' },
+      masked: { apiSecret: 'set', credentials: 'unset' },
+      error: Object.assign(new Error('carries a sign'), { sign: 'sign-value-8' }),
+      described: { toJSON: () => ({ authorization: 'Bearer jwt-value-9' }) },
     });
-    for (const secret of ['sign-value-1', 'jwt-value-2', 'secret-value-3', 'jwt-value-4', ID_NUMBER, NAME, 'token-value-5']) expect(text).not.toContain(secret);
+    for (const secret of ['sign-value-1', 'jwt-value-2', 'secret-value-3', 'jwt-value-4', ID_NUMBER, NAME, 'token-value-5', 'sign-value-8', 'jwt-value-9']) {
+      expect(text).not.toContain(secret);
+    }
     expect(line).toMatchObject({
       sign: '[redacted]',
       Authorization: '[redacted]',
@@ -437,15 +441,23 @@ describe('the logger\'s own redaction (the second line of defence)', () => {
       list: [{ token: '[redacted]' }],
       kept: { attempts: 2 },
       // The start-up line's masks say only whether a secret is configured.
-      masked: { apiSecret: 'set', jwtSecret: 'unset' },
+      masked: { apiSecret: 'set', credentials: 'unset' },
+      error: { sign: '[redacted]' },
+      described: { authorization: '[redacted]' },
     });
   });
 
-  test('when a child logger is bound to a secret, then its lines carry "[redacted]" instead', () => {
+  test('when a child logger (or its child) is bound to a secret at the top or nested, then its lines carry "[redacted]" instead', () => {
     const { destination, log } = captureLog();
-    createLogger('info', destination).child({ request_id: 'r-1', sign: 'sign-value-6' }).info('child probe');
-    expect(log.text()).not.toContain('sign-value-6');
-    expect(log.lines()[0]).toMatchObject({ request_id: 'r-1', sign: '[redacted]' });
+    const child = createLogger('info', destination).child({ request_id: 'r-1', sign: 'sign-value-6', upstream: { headers: { Authorization: 'Bearer jwt-value-10' } } });
+    child.child({ nested: { idcard_number: ID_NUMBER } }).info('child probe');
+    expect(log.text()).not.toMatch(new RegExp(`sign-value-6|jwt-value-10|${ID_NUMBER}`));
+    expect(log.lines()[0]).toMatchObject({
+      request_id: 'r-1',
+      sign: '[redacted]',
+      upstream: { headers: { Authorization: '[redacted]' } },
+      nested: { idcard_number: '[redacted]' },
+    });
   });
 
   test('when an object is logged, then the caller\'s object is left as it was and an error keeps its serialized shape', () => {
