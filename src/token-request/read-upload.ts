@@ -52,7 +52,10 @@ export function readUpload(req: IncomingMessage, announced: number | undefined, 
     const onEnd = (): void => {
       if (settled) return;
       settled = true;
-      resolve(sized === undefined ? { body: Buffer.concat(pieces, received), pooled: undefined } : { body: sized.subarray(0, received), pooled: sized });
+      const body = sized === undefined ? Buffer.concat(pieces, received) : sized.subarray(0, received);
+      // The listeners stay until the request is gone: they must not keep a chunked body's pieces beside their join.
+      pieces = [];
+      resolve({ body, pooled: sized });
     };
     // Every request closes in the end; only an unsettled one is worth an error (and its stack trace).
     const onClose = (): void => {
