@@ -47,15 +47,22 @@ function hasTaskset() {
   }
 }
 
-/** The named variables of the Dockerfile's last ENV instruction (`NAME=value` pairs, one per line). */
+/** The named variables set by ENV in the Dockerfile's final stage (`NAME=value` pairs, values may be quoted). */
 function dockerfileEnvironment(names) {
-  const dockerfile = fs.readFileSync(path.join(root, 'Dockerfile'), 'utf8');
-  const lastEnv = dockerfile.slice(dockerfile.lastIndexOf('\nENV ')).split(/\n(?!\s)/)[1] ?? '';
+  const dockerfile = fs.readFileSync(path.join(root, 'Dockerfile'), 'utf8').replace(/\\\r?\n/g, ' ');
+  const lines = dockerfile.split(/\r?\n/);
+  const finalStage = lines.slice(lines.findLastIndex((line) => /^\s*FROM\s/i.test(line)));
+  const set = {};
+  for (const line of finalStage) {
+    const env = /^\s*ENV\s+(.*)$/i.exec(line);
+    for (const [, name, value] of env === null ? [] : env[1].matchAll(/([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S+)/g)) {
+      set[name] = value.startsWith('"') ? JSON.parse(value) : value;
+    }
+  }
   const settings = {};
   for (const name of names) {
-    const match = new RegExp(`\\b${name}=(\\S+)`).exec(lastEnv);
-    if (match === null) throw new Error(`the Dockerfile's ENV sets no ${name}`);
-    settings[name] = match[1];
+    if (set[name] === undefined) throw new Error(`the Dockerfile's final stage sets no ${name}`);
+    settings[name] = set[name];
   }
   return settings;
 }

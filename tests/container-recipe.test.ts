@@ -90,13 +90,21 @@ describe('the container recipe', () => {
   }, 30_000);
 });
 
-/** The runtime settings (glibc, V8) that the Dockerfile's final stage sets with ENV. */
+/** The runtime settings (glibc, V8) that the Dockerfile's final stage sets with ENV (values may be quoted). */
 function imageRuntimeSettings(): { MALLOC_MMAP_THRESHOLD_: string; NODE_OPTIONS: string } {
-  const dockerfile = readFileSync(path.join(root, 'Dockerfile'), 'utf8');
-  const lastEnv = dockerfile.slice(dockerfile.lastIndexOf('\nENV ')).split(/\n(?!\s)/)[1] ?? '';
+  const lines = readFileSync(path.join(root, 'Dockerfile'), 'utf8').replace(/\\\r?\n/g, ' ').split(/\r?\n/);
+  const stageStarts = lines.flatMap((line, index) => (/^\s*FROM\s/i.test(line) ? [index] : []));
+  const finalStage = lines.slice(stageStarts.at(-1) ?? 0);
+  const set = new Map<string, string>();
+  for (const line of finalStage) {
+    const env = /^\s*ENV\s+(.*)$/i.exec(line)?.[1] ?? '';
+    for (const [, name = '', value = ''] of env.matchAll(/([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S+)/g)) {
+      set.set(name, value.startsWith('"') ? (JSON.parse(value) as string) : value);
+    }
+  }
   const valueOf = (name: string): string => {
-    const value = new RegExp(`\\b${name}=(\\S+)`).exec(lastEnv)?.[1];
-    if (value === undefined) throw new Error(`the Dockerfile's ENV sets no ${name}`);
+    const value = set.get(name);
+    if (value === undefined) throw new Error(`the Dockerfile's final stage sets no ${name}`);
     return value;
   };
   return { MALLOC_MMAP_THRESHOLD_: valueOf('MALLOC_MMAP_THRESHOLD_'), NODE_OPTIONS: valueOf('NODE_OPTIONS') };
