@@ -54,11 +54,6 @@ type AttemptOutcome =
   | { kind: 'network'; code: string; retryable: boolean };
 
 /**
- * Talks to FaceID's App-GetBizToken: signs each attempt afresh, bounds the whole exchange (retries
- * included) by one deadline, retries what the seed calls safe to retry, and maps every answer to the
- * service's errors through FACEID_ERROR_TABLE.
- */
-/**
  * The whole exchange's deadline, retries included. A plain timer rather than `AbortSignal.timeout`: that one
  * cost about 5 µs per request, and a `signal` on the request hangs listeners on every socket it is given.
  */
@@ -85,6 +80,11 @@ class Deadline {
   }
 }
 
+/**
+ * Talks to FaceID's App-GetBizToken: signs each attempt afresh, bounds the whole exchange (retries
+ * included) by one deadline, retries what the seed calls safe to retry, and maps every answer to the
+ * service's errors through FACEID_ERROR_TABLE.
+ */
 export class FaceIdClient {
   private readonly target: http.RequestOptions;
   private readonly agent: http.Agent;
