@@ -125,7 +125,7 @@ function dispositionOf(headerBlock: string): { name: string; isFile: boolean } {
   return { name, isFile };
 }
 
-/** The general reading of a header block: any header order, spacing, quoting and escapes. */
+/** The general reading of a header block: headers in every order, spacing, quoting and escapes. */
 function readDisposition(headerBlock: string): { name: string; isFile: boolean } {
   let disposition: string | undefined;
   for (const line of headerBlock.length === 0 ? [] : headerBlock.split('\r\n')) {
