@@ -15,6 +15,7 @@ import { createUploadBufferPool } from './limits/upload-buffer-pool';
 import { createUploadMemoryBudget } from './limits/upload-memory-budget';
 import { createUpstreamGate } from './limits/upstream-gate';
 import { createUserRateLimiter } from './limits/user-rate-limiter';
+import type { FrontStep } from './http/front-step';
 import { securityHeaders } from './http/security-headers';
 import { clientAddressOf, type TrustProxy } from './middleware/authenticate';
 import { errorHandler, notFound, writeProblem } from './middleware/error-handler';
@@ -132,8 +133,6 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
     },
   };
 }
-
-type FrontStep = (req: IncomingMessage, res: ServerResponse, next: (error?: unknown) => void) => void;
 
 /** Runs the front steps in order, as Express would, then the route; a step's error, passed or thrown, becomes the answer. */
 function runFront(steps: readonly FrontStep[], req: IncomingMessage, res: ServerResponse, route: () => void): void {

@@ -1,14 +1,13 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import helmet from 'helmet';
-
-type Middleware = (req: IncomingMessage, res: ServerResponse, next: () => void) => void;
+import type { FrontStep } from './front-step';
 
 /**
  * helmet's default headers, computed once: with no per-request options (no CSP nonces) they are the same
  * for every answer, and setting them from a list costs a fraction of running helmet's fourteen middleware
  * on every request.
  */
-export function securityHeaders(): Middleware {
+export function securityHeaders(): FrontStep {
   const headers = new Map<string, string | number | readonly string[]>();
   const collector = {
     setHeader: (name: string, value: string | number | readonly string[]) => headers.set(name, value),

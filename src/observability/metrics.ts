@@ -1,8 +1,8 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { BreakerState, CircuitBreaker } from '../limits/circuit-breaker';
 import type { UploadMemoryBudget } from '../limits/upload-memory-budget';
 import type { UpstreamGate } from '../limits/upstream-gate';
+import type { FrontStep } from '../http/front-step';
 import { routeOf } from '../http/request-context';
 
 /** Every label value is bounded: route patterns, status codes and the service's own error codes. */
@@ -91,8 +91,8 @@ export function createMetrics({ gate, breaker, uploadBudget }: GaugeSources): Me
 }
 
 /** Times every request by its route pattern (never the raw path). */
-export function measureRequests(metrics: Metrics) {
-  return (req: IncomingMessage, res: ServerResponse, next: () => void): void => {
+export function measureRequests(metrics: Metrics): FrontStep {
+  return (req, res, next) => {
     const end = metrics.httpDuration.startTimer();
     metrics.httpInFlight.inc();
     res.once('close', () => {
