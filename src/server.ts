@@ -4,7 +4,7 @@ import express from 'express';
 import type { Logger } from 'pino';
 import { createService } from './app';
 import { ConfigError, loadConfig, type Config } from './config/load-config';
-import { createLogger } from './logging/logger';
+import { createLogger, maskSecret } from './logging/logger';
 import { metricsHandler } from './routes/ops';
 import { resolveUpstream } from './sandbox/embedded-sandbox';
 
@@ -91,8 +91,8 @@ function maskedConfig(config: Config): Record<string, unknown> {
   const { jwtSecret, publicKeyPem, uuidSalt, ...auth } = config.auth;
   return {
     ...config,
-    faceid: { ...faceid, apiKey: credentials === undefined ? 'unset' : `${credentials.apiKey.slice(0, 4)}…`, apiSecret: credentials === undefined ? 'unset' : 'set' },
-    auth: { ...auth, jwtSecret: jwtSecret === undefined ? 'unset' : 'set', publicKey: publicKeyPem === undefined ? 'unset' : 'set', uuidSalt: 'set' },
+    faceid: { ...faceid, apiKey: credentials === undefined ? maskSecret(undefined) : `${credentials.apiKey.slice(0, 4)}…`, apiSecret: maskSecret(credentials) },
+    auth: { ...auth, jwtSecret: maskSecret(jwtSecret), publicKey: maskSecret(publicKeyPem), uuidSalt: maskSecret(uuidSalt) },
     redis: { ...config.redis, url: config.redis.url?.replace(/\/\/[^@/]*@/, '//***@') },
   };
 }

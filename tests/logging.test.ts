@@ -461,9 +461,11 @@ describe('the logger\'s own redaction (the second line of defence)', () => {
   });
 
   test('when an object is logged, then the caller\'s object is left as it was and an error keeps its serialized shape', () => {
-    const object = { nested: { sign: 'sign-value-7' }, err: new Error('upstream broke') };
-    const { line } = logged(object);
+    // A sensitive property on the error itself: copying the error to censor it would lose what makes it one.
+    const object = { nested: { sign: 'sign-value-7' }, err: Object.assign(new Error('upstream broke'), { sign: 'sign-value-11' }) };
+    const { line, text } = logged(object);
     expect(object.nested.sign).toBe('sign-value-7');
+    expect(text).not.toMatch(/sign-value-7|sign-value-11/);
     expect(line).toMatchObject({ nested: { sign: '[redacted]' }, err: { type: 'Error', message: 'upstream broke' } });
   });
 });

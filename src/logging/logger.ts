@@ -9,8 +9,9 @@ import pino, { type DestinationStream, type Logger } from 'pino';
 const SENSITIVE = ['apiSecret', 'sign', 'authorization', 'idcard_number', 'idcard_name', 'credentials', 'jwt', 'token', 'biz_token'];
 const SENSITIVE_NAMES: ReadonlySet<string> = new Set(SENSITIVE.map((name) => name.toLowerCase()));
 const CENSOR = '[redacted]';
-/** What the start-up line already shows in a secret's place: whether it is configured, nothing more. */
-const MASKED = new Set(['set', 'unset']);
+/** What a secret becomes in the start-up line: whether it is configured, nothing more. Passes redaction. */
+export const maskSecret = (secret: unknown): 'set' | 'unset' => (secret === undefined ? 'unset' : 'set');
+const MASKED: ReadonlySet<unknown> = new Set([maskSecret('configured'), maskSecret(undefined)]);
 const MAX_DEPTH = 4;
 
 /**
@@ -31,7 +32,7 @@ function redactSensitive(value: unknown, depth = 0): unknown {
   for (const key of Object.keys(source)) {
     if (depth === 0 && key === 'err') continue;
     const inner = source[key];
-    const sensitive = SENSITIVE_NAMES.has(key.toLowerCase()) && inner !== undefined && !(typeof inner === 'string' && MASKED.has(inner));
+    const sensitive = SENSITIVE_NAMES.has(key.toLowerCase()) && inner !== undefined && !MASKED.has(inner);
     const replaced = sensitive ? CENSOR : redactSensitive(inner, depth + 1);
     if (replaced === inner) continue;
     copy ??= Array.isArray(source) ? [...(source as unknown[])] : { ...source };
