@@ -1,4 +1,4 @@
-import { createHmac } from 'node:crypto';
+import { createHmac, createSecretKey } from 'node:crypto';
 import { decodeSign, freshSign, sign, SIGN_VERSION } from '../src/faceid/sign';
 
 /**
@@ -37,6 +37,11 @@ describe('sign (the seed formula)', () => {
       expect(sign({ apiKey: KEY, apiSecret: SECRET, expireTime, currentTime, random })).toBe(expected);
     },
   );
+
+  test.each(VECTORS)('when the secret is given as a key made from its UTF-8 bytes (expire $expireTime), then the seed vector comes out the same', (vector) => {
+    const secretKey = createSecretKey(Buffer.from(SECRET, 'utf8'));
+    expect(sign({ apiKey: KEY, apiSecret: secretKey, expireTime: vector.expireTime, currentTime: vector.currentTime, random: vector.random })).toBe(vector.sign);
+  });
 
   test('when the seed vectors are decoded, then they give back key, times and random with leading zeros kept', () => {
     const first = decodeSign(VECTORS[0]!.sign);

@@ -1,3 +1,4 @@
+import { createSecretKey, type KeyObject } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import { urlToHttpOptions } from 'node:url';
@@ -87,6 +88,8 @@ class Deadline {
  */
 export class FaceIdClient {
   private readonly target: http.RequestOptions;
+  /** The api_secret as an HMAC key, made once rather than from the text on every sign. */
+  private readonly secretKey: KeyObject;
   private readonly agent: http.Agent;
   private readonly transport: typeof http | typeof https;
 
@@ -102,6 +105,7 @@ export class FaceIdClient {
     this.agent = secure ? new https.Agent({ keepAlive: true, maxSockets: options.maxSockets }) : new http.Agent({ keepAlive: true, maxSockets: options.maxSockets });
     // Resolved once: handing the URL to every request would convert it to these options each time.
     this.target = { ...urlToHttpOptions(url), method: 'POST', agent: this.agent };
+    this.secretKey = createSecretKey(Buffer.from(options.credentials.apiSecret, 'utf8'));
   }
 
   async getBizToken(request: UpstreamTokenRequest, log: Logger): Promise<UpstreamToken> {
@@ -152,9 +156,8 @@ export class FaceIdClient {
    * must not be reused while they are still being written.
    */
   private attempt(request: UpstreamTokenRequest, deadline: Deadline): Promise<AttemptOutcome> {
-    const { apiKey, apiSecret } = this.options.credentials;
     const form = encodeMultipart(
-      [['sign', freshSign(apiKey, apiSecret)], ['sign_version', SIGN_VERSION], ...request.serviceFields, ...request.clientFields],
+      [['sign', freshSign(this.options.credentials.apiKey, this.secretKey)], ['sign_version', SIGN_VERSION], ...request.serviceFields, ...request.clientFields],
       request.images.map((image) => ({
         name: image.name,
         filename: `${image.name}.${image.format}`,

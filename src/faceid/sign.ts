@@ -1,4 +1,4 @@
-import { createHmac, randomInt } from 'node:crypto';
+import { createHmac, randomInt, type KeyObject } from 'node:crypto';
 
 /**
  * FaceID request signing.
@@ -7,7 +7,8 @@ import { createHmac, randomInt } from 'node:crypto';
  */
 export interface SignInput {
   apiKey: string;
-  apiSecret: string;
+  /** The secret as text, or as a key made from its UTF-8 bytes once at start-up (the same HMAC). */
+  apiSecret: string | KeyObject;
   expireTime: number;
   currentTime: number;
   /** Unsigned decimal integer of at most 10 digits, kept as text so leading zeros survive. */
@@ -30,7 +31,7 @@ export function sign(input: SignInput): string {
 }
 
 /** A new sign for one upstream attempt: a retry must never reuse one. */
-export function freshSign(apiKey: string, apiSecret: string, nowMs: number = Date.now()): string {
+export function freshSign(apiKey: string, apiSecret: string | KeyObject, nowMs: number = Date.now()): string {
   const currentTime = Math.floor(nowMs / 1000);
   return sign({
     apiKey,
