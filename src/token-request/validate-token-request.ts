@@ -35,7 +35,7 @@ export interface ValidationPolicy {
  * Fields a client can never set: the sign is the service's, and the rest would let an app weaken
  * verification. `verbose` and `return_faces` only shape FaceID's answer, which the app never sees.
  */
-export const SERVER_OWNED: ReadonlySet<ParameterName> = new Set([
+const SERVER_OWNED: ReadonlySet<ParameterName> = new Set([
   'sign',
   'sign_version',
   'security_level',
