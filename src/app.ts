@@ -48,7 +48,7 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
     credentials,
     timeoutMs: config.faceid.timeoutMs,
     maxRetries: config.faceid.maxRetries,
-    maxSockets: config.faceid.maxConcurrency,
+    maxIdleConnections: config.faceid.maxConcurrency,
   });
   const shared = connectSharedStore(config.redis, logger);
   const gate = createUpstreamGate(config.faceid.maxConcurrency, config.faceid.queueTimeoutMs);

@@ -1,7 +1,4 @@
 import { createSecretKey, type KeyObject } from 'node:crypto';
-import http from 'node:http';
-import https from 'node:https';
-import { urlToHttpOptions } from 'node:url';
 import type { Logger } from 'pino';
 import type { FaceIdCredentials } from '../config/load-config';
 import { AppError } from '../errors/app-error';
@@ -10,6 +7,7 @@ import { encodeMultipart } from './multipart-encoder';
 import type { FileParameterName, ParameterName } from './parameters';
 import { freshSign, SIGN_VERSION } from './sign';
 import { isKnownCode, isRetryable, parseFaceIdError, toAppError, upstreamError, type FaceIdFailure } from './faceid-errors';
+import { UpstreamConnections, type Interrupter, type PostOutcome } from './upstream-connections';
 
 export const GET_BIZ_TOKEN_PATH = '/faceid/v3/sdk/get_biz_token';
 
@@ -36,8 +34,8 @@ export interface FaceIdClientOptions {
   credentials: FaceIdCredentials;
   timeoutMs: number;
   maxRetries: number;
-  /** Most sockets per host; the concurrency limiter keeps calls below it. */
-  maxSockets: number;
+  /** Most connections kept open between calls; the upstream gate keeps calls in flight below it. */
+  maxIdleConnections: number;
 }
 
 const RETRYABLE_NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN']);
@@ -56,12 +54,12 @@ type AttemptOutcome =
 
 /**
  * The whole exchange's deadline, retries included. A plain timer rather than `AbortSignal.timeout`: that one
- * cost about 5 µs per request, and a `signal` on the request hangs listeners on every socket it is given.
+ * cost about 5 µs per request.
  */
-class Deadline {
+class Deadline implements Interrupter {
   expired = false;
   private readonly timer: NodeJS.Timeout;
-  private current: http.ClientRequest | undefined;
+  private current: { destroy(): void } | undefined;
 
   constructor(ms: number) {
     this.timer = setTimeout(() => {
@@ -70,10 +68,10 @@ class Deadline {
     }, ms);
   }
 
-  /** The attempt the deadline cuts short when it passes. */
-  watch(request: http.ClientRequest | undefined): void {
-    this.current = request;
-    if (this.expired) request?.destroy();
+  /** The attempt's socket, which the deadline destroys when it passes. */
+  watch(target: { destroy(): void } | undefined): void {
+    this.current = target;
+    if (this.expired) target?.destroy();
   }
 
   clear(): void {
@@ -87,24 +85,21 @@ class Deadline {
  * service's errors through FACEID_ERROR_TABLE.
  */
 export class FaceIdClient {
-  private readonly target: http.RequestOptions;
+  private readonly connections: UpstreamConnections;
+  /** Request line and the headers every attempt shares. */
+  private readonly headStart: string;
   /** The api_secret as an HMAC key, made once rather than from the text on every sign. */
   private readonly secretKey: KeyObject;
-  private readonly agent: http.Agent;
-  private readonly transport: typeof http | typeof https;
 
   /**
-   * node:http, not axios and form-data: per 150 KB request those two cost about 0.8 CPU-ms more here, more
-   * than the service's whole budget (see BENCHMARKS.md). Redirects are never followed: a POST to FaceID
-   * never needs one.
+   * Its own HTTP/1.1 connections (upstream-connections.ts), not axios and form-data nor node:http's client:
+   * per 150 KB request axios and form-data cost about 0.8 CPU-ms more here, node:http's client about a
+   * tenth of the whole (see BENCHMARKS.md). Redirects are never followed: a POST to FaceID never needs one.
    */
   constructor(private readonly options: FaceIdClientOptions) {
     const url = new URL(`${options.baseUrl}${GET_BIZ_TOKEN_PATH}`);
-    const secure = url.protocol === 'https:';
-    this.transport = secure ? https : http;
-    this.agent = secure ? new https.Agent({ keepAlive: true, maxSockets: options.maxSockets }) : new http.Agent({ keepAlive: true, maxSockets: options.maxSockets });
-    // Resolved once: handing the URL to every request would convert it to these options each time.
-    this.target = { ...urlToHttpOptions(url), method: 'POST', agent: this.agent };
+    this.connections = new UpstreamConnections(url, { maxIdle: options.maxIdleConnections, maxAnswerBytes: MAX_ANSWER_BYTES });
+    this.headStart = `POST ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\nAccept: application/json\r\n`;
     this.secretKey = createSecretKey(Buffer.from(options.credentials.apiSecret, 'utf8'));
   }
 
@@ -118,7 +113,7 @@ export class FaceIdClient {
   }
 
   close(): void {
-    this.agent.destroy();
+    this.connections.close();
   }
 
   private async exchange(request: UpstreamTokenRequest, deadline: Deadline, log: Logger): Promise<UpstreamToken> {
@@ -150,12 +145,8 @@ export class FaceIdClient {
     }
   }
 
-  /**
-   * One POST; every way it can end becomes an outcome, never a rejection. The outcome is given only once
-   * the request is closed: FaceID may answer before it has read the whole body, and the photos' buffers
-   * must not be reused while they are still being written.
-   */
-  private attempt(request: UpstreamTokenRequest, deadline: Deadline): Promise<AttemptOutcome> {
+  /** One POST; every way it can end becomes an outcome, never a rejection. */
+  private async attempt(request: UpstreamTokenRequest, deadline: Deadline): Promise<AttemptOutcome> {
     const form = encodeMultipart(
       [['sign', freshSign(this.options.credentials.apiKey, this.secretKey)], ['sign_version', SIGN_VERSION], ...request.serviceFields, ...request.clientFields],
       request.images.map((image) => ({
@@ -165,44 +156,10 @@ export class FaceIdClient {
         bytes: image.bytes,
       })),
     );
-    return new Promise((done) => {
-      let outcome: AttemptOutcome | undefined;
-      const resolve = (value: AttemptOutcome): void => {
-        outcome ??= value;
-      };
-      const failed = (error: NodeJS.ErrnoException): void => {
-        const code = error.code ?? 'UNKNOWN';
-        resolve({ kind: 'network', code, retryable: RETRYABLE_NETWORK_CODES.has(code) });
-      };
-      const outgoing = this.transport.request(
-        { ...this.target, headers: { 'Content-Type': form.contentType, 'Content-Length': String(form.length), Accept: 'application/json' } },
-        (response) => {
-          const chunks: Buffer[] = [];
-          let size = 0;
-          response.on('data', (chunk: Buffer) => {
-            size += chunk.length;
-            if (size <= MAX_ANSWER_BYTES) chunks.push(chunk);
-            else {
-              // Not a token: the connection is dropped rather than read to its end.
-              outgoing.destroy();
-              resolve({ kind: 'unreadable', httpStatus: response.statusCode ?? 0 });
-            }
-          });
-          response.on('end', () => resolve(readAnswer(response.statusCode ?? 0, Buffer.concat(chunks).toString('utf8'))));
-          response.on('error', failed);
-        },
-      );
-      outgoing.on('error', failed);
-      outgoing.on('close', () => {
-        deadline.watch(undefined);
-        done(outcome ?? { kind: 'network', code: 'UNKNOWN', retryable: false });
-      });
-      deadline.watch(outgoing);
-      // One write of the small parts and the photos together, then the end.
-      outgoing.cork();
-      for (const chunk of form.chunks) outgoing.write(chunk);
-      outgoing.end();
-    });
+    const head = `${this.headStart}Content-Type: ${form.contentType}\r\nContent-Length: ${form.length}\r\n\r\n`;
+    const posted = await this.connections.post(head, form.chunks, deadline);
+    deadline.watch(undefined);
+    return toAttemptOutcome(posted);
   }
 
   private toError(outcome: Exclude<AttemptOutcome, { kind: 'token' }>, serviceFields: ReadonlySet<string>, context: Record<string, unknown>): AppError {
@@ -216,6 +173,18 @@ export class FaceIdClient {
       case 'network':
         return upstreamError('FaceID could not be reached', { ...context, networkError: outcome.code });
     }
+  }
+}
+
+function toAttemptOutcome(posted: PostOutcome): AttemptOutcome {
+  switch (posted.kind) {
+    case 'answer':
+      return readAnswer(posted.status, posted.body.toString('utf8'));
+    case 'too-large-answer':
+    case 'malformed':
+      return { kind: 'unreadable', httpStatus: posted.status };
+    case 'network':
+      return { kind: 'network', code: posted.code, retryable: RETRYABLE_NETWORK_CODES.has(posted.code) };
   }
 }
 

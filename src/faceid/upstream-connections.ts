@@ -1,0 +1,223 @@
+import net, { type Socket } from 'node:net';
+import tls from 'node:tls';
+import { AnswerReader } from './answer-reader';
+
+export type PostOutcome =
+  | { kind: 'answer'; status: number; body: Buffer }
+  /** The answer's body passed the limit; the connection was dropped rather than read to its end. */
+  | { kind: 'too-large-answer'; status: number }
+  /** Not an HTTP/1.1 answer. */
+  | { kind: 'malformed'; status: number }
+  /** No complete answer: the connection failed, was refused, or closed too early (`ECONNRESET`). */
+  | { kind: 'network'; code: string };
+
+/** What may cut an exchange short: it is shown the socket in flight and destroys it when it must. */
+export interface Interrupter {
+  watch(target: { destroy(): void } | undefined): void;
+}
+
+export interface UpstreamConnectionsOptions {
+  /** Connections kept open between calls; calls in flight are bounded by the caller (the upstream gate). */
+  maxIdle: number;
+  maxAnswerBytes: number;
+}
+
+/**
+ * How long a connection may wait unused. Shorter than the keep-alive timeouts servers commonly use (Node's
+ * 5 s, nginx's 75 s), so the service closes an idle connection before the server does, and never sends a
+ * request on one the server is just closing.
+ */
+const IDLE_MS = 4_000;
+
+/**
+ * Kept-alive HTTP/1.1 connections to one origin, for POSTs of a body already in memory: the request is
+ * written as one head and the body's buffers in a single vectored write, and the answer is read by
+ * AnswerReader. Written by hand rather than with node:http's client and agent, which cost about a tenth of
+ * the service's CPU per token request in request objects, listeners and header handling (see BENCHMARKS.md).
+ */
+export class UpstreamConnections {
+  private readonly idle: Connection[] = [];
+  private readonly open = new Set<Connection>();
+  private readonly connect: () => Socket;
+  private readonly sweep: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(
+    origin: URL,
+    private readonly options: UpstreamConnectionsOptions,
+  ) {
+    const host = origin.hostname.replace(/^\[(.*)\]$/, '$1');
+    const secure = origin.protocol === 'https:';
+    const port = Number(origin.port || (secure ? 443 : 80));
+    this.connect = secure
+      ? () => tls.connect({ host, port, servername: net.isIP(host) === 0 ? host : undefined, ALPNProtocols: ['http/1.1'] })
+      : () => net.connect({ host, port });
+    this.sweep = setInterval(() => this.closeStale(), IDLE_MS).unref();
+  }
+
+  /** One request: `head` (request line and headers, ending in an empty line), then `body`, in one write. */
+  post(head: string, body: readonly Buffer[], interrupter: Interrupter): Promise<PostOutcome> {
+    return new Promise((settle) => {
+      const connection = this.take();
+      const exchange = new Exchange(connection, this, this.options.maxAnswerBytes, settle);
+      connection.exchange = exchange;
+      interrupter.watch(connection.socket);
+      const { socket } = connection;
+      socket.cork();
+      socket.write(head, 'latin1');
+      for (let index = 0; index < body.length - 1; index += 1) socket.write(body[index] as Buffer);
+      socket.write(body[body.length - 1] ?? '', (error) => exchange.onWritten(error ?? undefined));
+      socket.uncork();
+    });
+  }
+
+  /** Closes every connection, in use or not; later calls still work on new ones, closed after their answer. */
+  close(): void {
+    this.closed = true;
+    clearInterval(this.sweep);
+    for (const connection of this.open) connection.socket.destroy();
+  }
+
+  /** A connection whose answer is read and whose request is written: kept for the next call, or closed. */
+  release(connection: Connection): void {
+    connection.exchange = undefined;
+    if (this.closed || this.idle.length >= this.options.maxIdle) {
+      connection.socket.destroy();
+      return;
+    }
+    connection.idleSince = performance.now();
+    this.idle.push(connection);
+  }
+
+  forget(connection: Connection): void {
+    this.open.delete(connection);
+    const index = this.idle.indexOf(connection);
+    if (index !== -1) this.idle.splice(index, 1);
+  }
+
+  /** The most recently used idle connection (the least likely to be closing), or a new one. */
+  private take(): Connection {
+    const now = performance.now();
+    for (let connection = this.idle.pop(); connection !== undefined; connection = this.idle.pop()) {
+      if (!connection.socket.destroyed && now - connection.idleSince < IDLE_MS) return connection;
+      connection.socket.destroy();
+    }
+    const socket = this.connect();
+    socket.setNoDelay(true);
+    const connection = new Connection(socket, this);
+    this.open.add(connection);
+    return connection;
+  }
+
+  private closeStale(): void {
+    const now = performance.now();
+    for (const connection of [...this.idle]) if (now - connection.idleSince >= IDLE_MS) connection.socket.destroy();
+  }
+}
+
+/** A socket and the exchange it carries; its listeners stay for its whole life and speak to that exchange. */
+class Connection {
+  exchange: Exchange | undefined;
+  idleSince = 0;
+  closed = false;
+
+  constructor(
+    readonly socket: Socket,
+    pool: UpstreamConnections,
+  ) {
+    // Bytes or an end while idle: the server has given up on the connection, or broke it.
+    socket.on('data', (chunk: Buffer) => (this.exchange === undefined ? socket.destroy() : this.exchange.onData(chunk)));
+    socket.on('end', () => (this.exchange === undefined ? socket.destroy() : this.exchange.onEnd()));
+    socket.on('error', (error: NodeJS.ErrnoException) => this.exchange?.onError(error));
+    socket.on('close', () => {
+      this.closed = true;
+      pool.forget(this);
+      this.exchange?.onClose();
+    });
+  }
+}
+
+/**
+ * One request on one connection. The outcome is given only once the request is fully written, or once the
+ * socket is closed: a server may answer before it has read the whole body, and the body's buffers must
+ * not be reused while they are still being written.
+ */
+class Exchange {
+  private readonly reader: AnswerReader;
+  private outcome: PostOutcome | undefined;
+  private written = false;
+  private errorCode: string | undefined;
+
+  constructor(
+    private readonly connection: Connection,
+    private readonly pool: UpstreamConnections,
+    maxAnswerBytes: number,
+    private readonly settle: (outcome: PostOutcome) => void,
+  ) {
+    this.reader = new AnswerReader(maxAnswerBytes);
+  }
+
+  onData(chunk: Buffer): void {
+    if (this.outcome === undefined) this.read(this.reader.push(chunk));
+    // Bytes after the answer, while the body is still being written: the connection is not trusted again.
+    else this.connection.socket.destroy();
+  }
+
+  onEnd(): void {
+    if (this.outcome === undefined) this.read(this.reader.end());
+  }
+
+  onError(error: NodeJS.ErrnoException): void {
+    this.errorCode ??= error.code ?? 'UNKNOWN';
+  }
+
+  onWritten(error: NodeJS.ErrnoException | undefined): void {
+    if (error !== undefined) {
+      this.onError(error);
+      // Written to a socket that had already closed: no close event is left to end the exchange.
+      if (this.connection.closed) this.onClose();
+      return;
+    }
+    this.written = true;
+    if (this.outcome !== undefined) this.finish();
+  }
+
+  onClose(): void {
+    this.outcome ??= { kind: 'network', code: this.errorCode ?? 'ECONNRESET' };
+    this.connection.exchange = undefined;
+    this.settle(this.outcome);
+  }
+
+  private read(step: ReturnType<AnswerReader['push']>): void {
+    switch (step) {
+      case 'more':
+        return;
+      case 'done':
+        this.outcome = { kind: 'answer', status: this.reader.status, body: this.reader.body };
+        break;
+      case 'too-large':
+        this.outcome = { kind: 'too-large-answer', status: this.reader.status };
+        break;
+      case 'malformed':
+        // Cut short by the server's end: a dropped connection, not a broken answer.
+        this.outcome = this.connection.socket.readableEnded
+          ? { kind: 'network', code: 'ECONNRESET' }
+          : { kind: 'malformed', status: this.reader.status };
+        break;
+    }
+    if (this.written) this.finish();
+    // Answered before the body was written: a connection that stays open takes the rest of it (the outcome
+    // waits for the write); any other is closed, and the outcome waits for the close.
+    else if (this.outcome.kind !== 'answer' || !this.reader.reusable) this.connection.socket.destroy();
+  }
+
+  private finish(): void {
+    const outcome = this.outcome as PostOutcome;
+    if (outcome.kind === 'answer' && this.reader.reusable) this.pool.release(this.connection);
+    else {
+      this.connection.exchange = undefined;
+      this.connection.socket.destroy();
+    }
+    this.settle(outcome);
+  }
+}
