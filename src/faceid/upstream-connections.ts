@@ -81,7 +81,7 @@ export class UpstreamConnections {
   /** A connection whose answer is read and whose request is written: kept for the next call, or closed. */
   release(connection: Connection): void {
     connection.exchange = undefined;
-    if (this.closed || this.idle.length >= this.options.maxIdle) {
+    if (this.closed || this.idle.length >= this.options.maxIdle || !isUsable(connection.socket)) {
       connection.socket.destroy();
       return;
     }
@@ -99,7 +99,7 @@ export class UpstreamConnections {
   private take(): Connection {
     const now = performance.now();
     for (let connection = this.idle.pop(); connection !== undefined; connection = this.idle.pop()) {
-      if (!connection.socket.destroyed && now - connection.idleSince < IDLE_MS) return connection;
+      if (isUsable(connection.socket) && now - connection.idleSince < IDLE_MS) return connection;
       connection.socket.destroy();
     }
     const socket = this.connect();
@@ -114,6 +114,9 @@ export class UpstreamConnections {
     for (const connection of [...this.idle]) if (now - connection.idleSince >= IDLE_MS) connection.socket.destroy();
   }
 }
+
+/** Open both ways: a server that has ended its side (it may have done so with the answer) takes no more requests. */
+const isUsable = (socket: Socket): boolean => !socket.destroyed && socket.writable && !socket.readableEnded;
 
 /** A socket and the exchange it carries; its listeners stay for its whole life and speak to that exchange. */
 class Connection {
