@@ -175,6 +175,13 @@ function upstreamOf(target: TestService, response: supertest.Response): Record<s
   return (lines[0]?.upstream ?? {}) as Record<string, unknown>;
 }
 
+/** A new request's 201 carries exactly `bizToken`, got at FaceID's first attempt. */
+async function expectTokenAtFirstAttempt(target: TestService, bizToken: string): Promise<void> {
+  const response = await postToken(target);
+  expectToken(response, bizToken);
+  expect(upstreamOf(target, response)).toMatchObject({ attempts: 1 });
+}
+
 /** A 201 carrying exactly FaceID's biz_token. */
 function expectToken(response: supertest.Response, bizToken: string): void {
   expect({ status: response.status, body: response.body as unknown }).toMatchObject({ status: 201, body: { biz_token: bizToken } });
@@ -195,11 +202,9 @@ describe('framing: every way FaceID may frame its answer', () => {
     };
     const faceid = await scripted([(socket, index) => void writeBytewise(socket, chunked(`chunked-${index}`))]);
     const target = await startAgainst(faceid);
-    const first = await postToken(target);
-    expectToken(first, 'chunked-0');
-    expect(upstreamOf(target, first)).toMatchObject({ attempts: 1 });
+    await expectTokenAtFirstAttempt(target, 'chunked-0');
     // The trailer was read to its end: nothing is left over, so the connection carries the next request.
-    expectToken(await postToken(target), 'chunked-1');
+    await expectTokenAtFirstAttempt(target, 'chunked-1');
     expect(faceid.requests.map((request) => request.connection)).toEqual([0, 0]);
   });
 
@@ -218,11 +223,9 @@ describe('framing: every way FaceID may frame its answer', () => {
       },
     ]);
     const target = await startAgainst(faceid);
-    const first = await postToken(target);
-    expectToken(first, 'split-0');
-    expect(upstreamOf(target, first)).toMatchObject({ attempts: 1 });
+    await expectTokenAtFirstAttempt(target, 'split-0');
     // The interim answer did not shift the framing: the connection is still in step for a second request.
-    expectToken(await postToken(target), 'split-1');
+    await expectTokenAtFirstAttempt(target, 'split-1');
     expect(faceid.requests.map((request) => request.connection)).toEqual([0, 0]);
   });
 
@@ -234,12 +237,8 @@ describe('framing: every way FaceID may frame its answer', () => {
       },
     ]);
     const target = await startAgainst(faceid);
-    const first = await postToken(target);
-    expectToken(first, 'until-close-0');
-    expect(upstreamOf(target, first)).toMatchObject({ attempts: 1 });
-    const second = await postToken(target);
-    expectToken(second, 'until-close-1');
-    expect(upstreamOf(target, second)).toMatchObject({ attempts: 1 });
+    await expectTokenAtFirstAttempt(target, 'until-close-0');
+    await expectTokenAtFirstAttempt(target, 'until-close-1');
     expect(faceid.connections()).toBe(2);
     expect(faceid.requests.map((request) => request.connection)).toEqual([0, 1]);
   });
@@ -250,9 +249,7 @@ describe('connection reuse', () => {
     const faceid = await scripted([keepAlive]);
     const target = await startAgainst(faceid);
     for (const index of [0, 1, 2]) {
-      const response = await postToken(target);
-      expectToken(response, `token-${index}`);
-      expect(upstreamOf(target, response)).toMatchObject({ attempts: 1 });
+      await expectTokenAtFirstAttempt(target, `token-${index}`);
     }
     expect(faceid.connections()).toBe(1);
     expect(faceid.requests.map((request) => request.connection)).toEqual([0, 0, 0]);
@@ -265,11 +262,9 @@ describe('connection reuse', () => {
   ])('when FaceID answers with %s, then the service answers 201, closes that connection, and the next request uses a new one', async (_what, answer) => {
     const faceid = await scripted([(socket) => void socket.write(answer), keepAlive]);
     const target = await startAgainst(faceid);
-    const first = await postToken(target);
-    expectToken(first, 'closing');
-    expect(upstreamOf(target, first)).toMatchObject({ attempts: 1 });
+    await expectTokenAtFirstAttempt(target, 'closing');
     await faceid.closed(0);
-    expectToken(await postToken(target), 'token-1');
+    await expectTokenAtFirstAttempt(target, 'token-1');
     expect(faceid.connections()).toBe(2);
     expect(faceid.requests.map((request) => request.connection)).toEqual([0, 1]);
   });
@@ -287,18 +282,16 @@ describe('connection reuse', () => {
     const both = await Promise.all([postToken(target), postToken(target)]);
     expect(both.map((response) => response.status)).toEqual([201, 201]);
     expect(faceid.connections()).toBe(2);
-    expectToken(await postToken(target), 'token-2');
+    await expectTokenAtFirstAttempt(target, 'token-2');
     expect(faceid.requests[2]?.connection).toBe(faceid.requests[0]?.connection);
   });
 
   test('when bytes follow a complete answer in the same write, then the service answers 201 but closes that connection, and the next request uses a new one', async () => {
     const faceid = await scripted([(socket) => void socket.write(`${lengthAnswer('first')}HTTP/1.1 200 OK\r\n`), keepAlive]);
     const target = await startAgainst(faceid);
-    expectToken(await postToken(target), 'first');
+    await expectTokenAtFirstAttempt(target, 'first');
     await faceid.closed(0);
-    const second = await postToken(target);
-    expectToken(second, 'token-1');
-    expect(upstreamOf(target, second)).toMatchObject({ attempts: 1 });
+    await expectTokenAtFirstAttempt(target, 'token-1');
     expect(faceid.requests.map((request) => request.connection)).toEqual([0, 1]);
   });
 
@@ -311,11 +304,9 @@ describe('connection reuse', () => {
       keepAlive,
     ]);
     const target = await startAgainst(faceid);
-    expectToken(await postToken(target), 'first');
+    await expectTokenAtFirstAttempt(target, 'first');
     await faceid.closed(0);
-    const second = await postToken(target);
-    expectToken(second, 'token-1');
-    expect(upstreamOf(target, second)).toMatchObject({ attempts: 1 });
+    await expectTokenAtFirstAttempt(target, 'token-1');
     expect(faceid.requests.map((request) => request.connection)).toEqual([0, 1]);
   });
 
@@ -333,9 +324,7 @@ describe('connection reuse', () => {
     // 12 MB: more than the loopback buffers hold, so the upload is still being written when the stray bytes come.
     const photo = Buffer.concat([jpeg(64, 64), Buffer.alloc(12 * 1024 * 1024, 0x41)]);
     expectToken(await postToken(target, { fields: validForm().fields, files: { image_ref1: photo } }), 'early-0');
-    const second = await postToken(target);
-    expectToken(second, 'early-1');
-    expect(upstreamOf(target, second)).toMatchObject({ attempts: 1 });
+    await expectTokenAtFirstAttempt(target, 'early-1');
     expect(faceid.requests.map((request) => request.connection)).toEqual([0, 1]);
   });
 
@@ -348,12 +337,10 @@ describe('connection reuse', () => {
       keepAlive,
     ]);
     const target = await startAgainst(faceid);
-    expectToken(await postToken(target), 'first');
+    await expectTokenAtFirstAttempt(target, 'first');
     // Both ends closed: the service has seen FaceID's end. (A request racing that end is a retry case.)
     await faceid.closed(0);
-    const second = await postToken(target);
-    expectToken(second, 'token-1');
-    expect(upstreamOf(target, second)).toMatchObject({ attempts: 1 });
+    await expectTokenAtFirstAttempt(target, 'token-1');
     expect(faceid.connections()).toBe(2);
     expect(faceid.requests.map((request) => request.connection)).toEqual([0, 1]);
   });
@@ -361,10 +348,8 @@ describe('connection reuse', () => {
   test('when FaceID ends the connection in the same write as a kept-alive answer, then the next request succeeds at the first attempt on a new connection', async () => {
     const faceid = await scripted([(socket) => void socket.end(lengthAnswer('first')), keepAlive]);
     const target = await startAgainst(faceid);
-    expectToken(await postToken(target), 'first');
-    const second = await postToken(target);
-    expectToken(second, 'token-1');
-    expect(upstreamOf(target, second)).toMatchObject({ attempts: 1 });
+    await expectTokenAtFirstAttempt(target, 'first');
+    await expectTokenAtFirstAttempt(target, 'token-1');
     expect(faceid.requests.map((request) => request.connection)).toEqual([0, 1]);
   });
 
@@ -419,7 +404,7 @@ describe('answers the service must not use: 502 UPSTREAM_ERROR at the first atte
   ])('when FaceID answers exactly 64 KB, %s, then the service answers 201 with its biz_token', async (_framing, answer) => {
     const faceid = await scripted([(socket) => void socket.write(answer)]);
     const target = await startAgainst(faceid);
-    expectToken(await postToken(target), 'just-fits');
+    await expectTokenAtFirstAttempt(target, 'just-fits');
   });
 
   const body = tokenBody('malformed');
