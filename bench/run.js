@@ -5,7 +5,7 @@
  * core 0, the load generator (this process, autocannon) runs on core 1. Targets are interleaved and
  * repeated; the report takes medians. Writes BENCHMARKS.md.
  *
- * Environment: BENCH_DURATION_S (default 5), BENCH_ROUNDS (default 3), BENCH_WARMUP_S (default 5, per target
+ * Environment: BENCH_DURATION_S (default 5), BENCH_ROUNDS (default 5), BENCH_WARMUP_S (default 5, per target
  * and body), BENCH_PROFILE=1 (the service runs with --cpu-prof and leaves a .cpuprofile in bench/profiles).
  */
 'use strict';
@@ -19,7 +19,8 @@ const { encode } = require('jpeg-js');
 
 const root = path.join(__dirname, '..');
 const DURATION_S = Number(process.env.BENCH_DURATION_S ?? 5);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+// Five rounds: on a noisy shared machine a single run's CPU per request moves by a quarter either way.
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const WARMUP_S = Number(process.env.BENCH_WARMUP_S ?? 5);
 const KEY = 'bench-key';
 const SECRET = 'bench-secret';
