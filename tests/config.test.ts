@@ -155,6 +155,7 @@ describe('loadConfig refuses bad values, naming the variable', () => {
     ['POLICY_FORCE_COMPARE', { POLICY_FORCE_COMPARE: 'yes' }],
     ['FACEID_BASE_URL', { FACEID_BASE_URL: 'ftp://x' }],
     ['FACEID_BASE_URL', { FACEID_BASE_URL: 'not a url' }],
+    ['FACEID_BASE_URL', { FACEID_BASE_URL: 'https://user:secret@api.megvii.com' }],
     ['LOG_LEVEL', { LOG_LEVEL: 'loud' }],
     ['TRUST_PROXY', { TRUST_PROXY: 'not-an-ip' }],
     ['TRUST_PROXY', { TRUST_PROXY: 'loopback,10.0.0.300' }],
