@@ -43,6 +43,8 @@ interface ScriptedFaceId {
   requests: ReceivedRequest[];
   /** TCP (or completed TLS) connections accepted so far. */
   connections: () => number;
+  /** Per accepted TLS connection: the name the client sent (SNI), and whether it resumed an earlier session. */
+  handshakes: Array<{ servername: string | false | null; resumed: boolean }>;
   /** Resolves once the stand-in's end of that connection has closed; rejects after `ms`. */
   closed: (connection: number, ms?: number) => Promise<void>;
   close: () => Promise<void>;
@@ -66,11 +68,13 @@ interface ScriptOptions {
 async function scriptedFaceId(answers: Answer[], options: ScriptOptions = {}): Promise<ScriptedFaceId> {
   const requests: ReceivedRequest[] = [];
   const sockets: Socket[] = [];
+  const handshakes: ScriptedFaceId['handshakes'] = [];
   const closings: Array<Promise<void>> = [];
   const answer = (socket: Socket, index: number): void => (answers[Math.min(index, answers.length - 1)] as Answer)(socket, index);
   const accept = (socket: Socket): void => {
     const connection = sockets.length;
     sockets.push(socket);
+    if (socket instanceof tls.TLSSocket) handshakes.push({ servername: socket.servername, resumed: socket.isSessionReused() });
     closings.push(new Promise((resolve) => socket.once('close', () => resolve())));
     // One byte per write must leave as one segment, not wait for Nagle.
     socket.setNoDelay(true);
@@ -110,6 +114,7 @@ async function scriptedFaceId(answers: Answer[], options: ScriptOptions = {}): P
     url: `${options.tls === undefined ? 'http' : 'https'}://127.0.0.1:${port}`,
     requests,
     connections: () => sockets.length,
+    handshakes,
     closed: (connection, ms = 1_000) => {
       const closing = closings[connection];
       if (closing === undefined) return Promise.reject(new Error(`no connection ${connection}`));
@@ -259,6 +264,10 @@ describe('connection reuse', () => {
   test.each([
     ['Connection: close', lengthAnswer('closing', { headers: 'Connection: close\r\n' })],
     ['an HTTP/1.0 answer with Content-Length', lengthAnswer('closing', { statusLine: 'HTTP/1.0 200 OK' })],
+    [
+      'an HTTP/1.0 answer framed by chunks, however it asks to be kept alive',
+      `HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n${Buffer.byteLength(tokenBody('closing')).toString(16)}\r\n${tokenBody('closing')}\r\n0\r\n\r\n`,
+    ],
   ])('when FaceID answers with %s, then the service answers 201, closes that connection, and the next request uses a new one', async (_what, answer) => {
     const faceid = await scripted([(socket) => void socket.write(answer), keepAlive]);
     const target = await startAgainst(faceid);
@@ -502,5 +511,42 @@ describe('HTTPS', () => {
     for (const word of ['certificate', 'CERT', 'self-signed', 'SELF_SIGNED', '127.0.0.1', 'TLS']) expect(response.text).not.toContain(word);
     expect(await childUpstreamOf(child, response)).toMatchObject({ attempts: 1, faceidResult: 'CONNECTION_FAILED' });
     expect(faceid.requests).toHaveLength(0);
+  });
+
+  test('when FaceID is at https://localhost and closes each connection after its answer, then the service sends the host name and the next connection resumes the TLS session', async () => {
+    const faceid = await scripted([(socket, index) => void socket.write(lengthAnswer(`resumed-${index}`, { headers: 'Connection: close\r\n' }))], {
+      tls: { key: readFileSync(KEY_PATH), cert: readFileSync(CERT_PATH) },
+    });
+    const child = await childAgainst(faceid, { NODE_EXTRA_CA_CERTS: CERT_PATH, FACEID_BASE_URL: faceid.url.replace('127.0.0.1', 'localhost') });
+    expectToken(await postTokenTo(child), 'resumed-0');
+    await faceid.closed(0);
+    expectToken(await postTokenTo(child), 'resumed-1');
+    expect(faceid.handshakes).toEqual([
+      { servername: 'localhost', resumed: false },
+      { servername: 'localhost', resumed: true },
+    ]);
+  });
+
+  test('when FaceID accepts the connection but never completes the TLS handshake, then the service answers 504 UPSTREAM_TIMEOUT at FACEID_TIMEOUT_MS', async () => {
+    // Reads and drops the ClientHello, answers nothing; reading lets it see the service's close.
+    const silent = net.createServer((socket) => socket.on('error', () => undefined).resume());
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    defer(() => new Promise((resolve) => silent.close(resolve)));
+    const target = await start({ FACEID_BASE_URL: `https://127.0.0.1:${(silent.address() as AddressInfo).port}`, FACEID_TIMEOUT_MS: '300' });
+    const started = performance.now();
+    const response = await postToken(target);
+    expectProblem(response, 504, 'UPSTREAM_TIMEOUT', null);
+    expect(performance.now() - started).toBeLessThan(1_500);
+    expect(upstreamOf(target, response)).toMatchObject({ attempts: 1, faceidResult: 'TIMEOUT' });
+  });
+});
+
+describe('closing', () => {
+  test('when the service closes, then its kept-alive connections to FaceID close with it', async () => {
+    const faceid = await scripted([keepAlive]);
+    const target = await startAgainst(faceid);
+    await expectTokenAtFirstAttempt(target, 'token-0');
+    await target.close();
+    await faceid.closed(0);
   });
 });

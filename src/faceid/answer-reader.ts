@@ -129,7 +129,9 @@ export class AnswerReader {
     // Both framings at once is how responses are split or smuggled; an encoding other than chunked last runs
     // to the close. @see RFC 9112 §6.3
     if (framedByTransferEncoding && length !== undefined) return 'malformed';
-    this.reusable = !close;
+    // Transfer-Encoding in an HTTP/1.0 answer is faulty framing: read it, but never trust the connection again.
+    // @see RFC 9112 §6.1
+    this.reusable = !close && !(framedByTransferEncoding && status[1] === '0');
     if (code === 204 || code === 304) this.stage = 'done';
     else if (framedByTransferEncoding) this.stage = chunked ? 'chunk-size' : 'until-close';
     else if (length !== undefined) {

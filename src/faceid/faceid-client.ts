@@ -120,12 +120,12 @@ export class FaceIdClient {
     const started = performance.now();
     let attempts = 0;
     for (;;) {
+      // The deadline may pass during a back-off: no new sign, body or connection for an attempt it would cut.
+      if (deadline.expired) throw timedOut({ attempts, upstreamMs: Math.round(performance.now() - started) });
       attempts += 1;
       const outcome = await this.attempt(request, deadline);
       const context = { attempts, upstreamMs: Math.round(performance.now() - started) };
-      if (deadline.expired) {
-        throw new AppError(504, 'UPSTREAM_TIMEOUT', 'FaceID did not answer in time', { logContext: { ...context, faceidResult: 'TIMEOUT' } });
-      }
+      if (deadline.expired) throw timedOut(context);
       if (outcome.kind === 'token') {
         return { bizToken: outcome.bizToken, faceidRequestId: outcome.requestId, faceidResult: 'OK', ...context };
       }
@@ -233,5 +233,8 @@ function describe(outcome: Exclude<AttemptOutcome, { kind: 'token' }>): string {
       return outcome.kind;
   }
 }
+
+const timedOut = (context: { attempts: number; upstreamMs: number }): AppError =>
+  new AppError(504, 'UPSTREAM_TIMEOUT', 'FaceID did not answer in time', { logContext: { ...context, faceidResult: 'TIMEOUT' } });
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
