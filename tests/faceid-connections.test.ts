@@ -4,14 +4,13 @@ import path from 'node:path';
 import tls from 'node:tls';
 import supertest from 'supertest';
 import { jpeg } from './fixtures/images';
-import { startChildService, type ChildService } from './helpers/child-service';
+import { startChildService, targetOf, type ChildService } from './helpers/child-service';
 import {
   cleanupAfter,
   expectProblem,
   postToken,
   SANDBOX_KEY,
   SANDBOX_SECRET,
-  signToken,
   TEST_JWT_SECRET,
   validForm,
   type TestService,
@@ -337,6 +336,21 @@ describe('connection reuse', () => {
     expect(faceid.requests.map((request) => request.connection)).toEqual([0, 1]);
   });
 
+  test('when FaceID answers before reading the photos, then the next upload does not reuse their buffer while they are still being sent', async () => {
+    const faceid = await scripted([(socket, index) => void socket.write(lengthAnswer(`early-${index}`))], { early: true });
+    const target = await startAgainst(faceid, { FACEID_TIMEOUT_MS: '5000' });
+    // 12 MB photos: more than the loopback socket buffers hold, so sending them waits for FaceID to read.
+    const photo = (fill: number): Buffer => Buffer.concat([jpeg(64, 64), Buffer.alloc(12 * 1024 * 1024, fill)]);
+    const first = photo(0x41);
+    expectToken(await postToken(target, { fields: validForm().fields, files: { image_ref1: first } }), 'early-0');
+    // The first answer is out: its pooled buffer may now be reused by this upload.
+    expectToken(await postToken(target, { fields: validForm().fields, files: { image_ref1: photo(0x42) } }), 'early-1');
+    // Both bodies reach FaceID whole (the connection took the rest of the first); the first is still the first photo.
+    for (let waited = 0; (faceid.requests[1]?.body.length ?? 0) === 0 && waited < 5_000; waited += 50) await sleep(50);
+    expect(faceid.requests.map((request) => request.connection)).toEqual([0, 0]);
+    expect(faceid.requests[0]?.body.includes(first)).toBe(true);
+  }, 20_000);
+
   test('when FaceID closes a kept-alive connection a few ms after answering, then the next request succeeds at the first attempt on a new connection', async () => {
     const faceid = await scripted([
       (socket) => {
@@ -468,13 +482,8 @@ describe('HTTPS', () => {
     return child;
   }
 
-  async function postTokenTo(child: ChildService): Promise<supertest.Response> {
-    const form = validForm();
-    let request = supertest(child.url).post('/v1/biz-tokens').set('Authorization', `Bearer ${await signToken()}`);
-    for (const [name, value] of Object.entries(form.fields)) request = request.field(name, value);
-    for (const [name, bytes] of Object.entries(form.files)) request = request.attach(name, bytes, { filename: `${name}.jpg`, contentType: 'image/jpeg' });
-    return request;
-  }
+  const postTokenTo = (child: ChildService): Promise<supertest.Response> => postToken(targetOf(child));
+
 
   /** The request's upstream facts from the child's log line; the line may trail the answer a little. */
   async function childUpstreamOf(child: ChildService, response: supertest.Response): Promise<Record<string, unknown>> {

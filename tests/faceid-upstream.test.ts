@@ -1,5 +1,5 @@
 import http from 'node:http';
-import net, { type AddressInfo, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import type supertest from 'supertest';
 import { decodeSign } from '../src/faceid/sign';
 import { jpeg } from './fixtures/images';
@@ -372,67 +372,6 @@ describe('connections', () => {
     expect(target.sandbox.received).toHaveLength(5);
     expect(target.sandbox.connectionCount() - before).toBe(1);
   });
-});
-
-/**
- * A FaceID stand-in that answers each request as soon as its headers arrive, and reads the body only
- * 300 ms later: the answer is complete long before the photos have been sent.
- */
-async function earlyAnsweringFaceId(): Promise<{ url: string; bodies: Buffer[]; close: () => Promise<void> }> {
-  const bodies: Buffer[] = [];
-  const open = new Set<Socket>();
-  const server = net.createServer((socket) => {
-    open.add(socket);
-    socket.on('close', () => open.delete(socket));
-    let pending = Buffer.alloc(0);
-    let bodyBytes: number | undefined;
-    socket.on('data', (chunk: Buffer) => {
-      pending = Buffer.concat([pending, chunk]);
-      for (;;) {
-        if (bodyBytes === undefined) {
-          const headerEnd = pending.indexOf('\r\n\r\n');
-          if (headerEnd === -1) return;
-          bodyBytes = Number(/content-length: *(\d+)/i.exec(pending.subarray(0, headerEnd).toString('latin1'))?.[1] ?? 0);
-          pending = pending.subarray(headerEnd + 4);
-          const answer = JSON.stringify({ biz_token: `early-${bodies.length}`, request_id: '1,early' });
-          socket.write(`HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${answer.length}\r\n\r\n${answer}`);
-          socket.pause();
-          setTimeout(() => socket.resume(), 300);
-        }
-        if (pending.length < bodyBytes) return;
-        bodies.push(pending.subarray(0, bodyBytes));
-        pending = pending.subarray(bodyBytes);
-        bodyBytes = undefined;
-      }
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    bodies,
-    close: () => new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      for (const socket of open) socket.destroy();
-    }),
-  };
-}
-
-describe('photo buffers', () => {
-  test('when FaceID answers before reading the photos, then the next upload does not reuse their buffer while they are still being sent', async () => {
-    const faceid = await earlyAnsweringFaceId();
-    defer(faceid.close);
-    const target = await start({ FACEID_BASE_URL: faceid.url });
-    // 12 MB photos: more than the loopback socket buffers hold, so sending them waits for FaceID to read.
-    const photo = (fill: number): Buffer => Buffer.concat([jpeg(64, 64), Buffer.alloc(12 * 1024 * 1024, fill)]);
-    const first = photo(0x41);
-    expect((await postToken(target, { fields: validForm().fields, files: { image_ref1: first } })).status).toBe(201);
-    // The first answer is out: its pooled buffer may now be reused by this upload.
-    expect((await postToken(target, { fields: validForm().fields, files: { image_ref1: photo(0x42) } })).status).toBe(201);
-    // Whatever the service did, FaceID gets both bodies in the end; the first must still be the first photo.
-    for (let waited = 0; faceid.bodies.length < 2 && waited < 5_000; waited += 50) await new Promise((resolve) => setTimeout(resolve, 50));
-    expect(faceid.bodies).toHaveLength(2);
-    expect(faceid.bodies[0]?.includes(first)).toBe(true);
-  }, 20_000);
 });
 
 describe('the request log line', () => {

@@ -2,8 +2,8 @@ import { spawn } from 'node:child_process';
 import http from 'node:http';
 import supertest from 'supertest';
 import type { Sandbox } from '../src/sandbox/sandbox-server';
-import { SERVER_ENTRY, startChildService, type ChildService } from './helpers/child-service';
-import { SANDBOX_KEY, SANDBOX_SECRET, signToken, startTestSandbox, TEST_JWT_SECRET, validForm } from './helpers/test-service';
+import { SERVER_ENTRY, startChildService, targetOf, type ChildService } from './helpers/child-service';
+import { postToken, SANDBOX_KEY, SANDBOX_SECRET, signToken, startTestSandbox, TEST_JWT_SECRET, validForm } from './helpers/test-service';
 
 /**
  * Issue 4 item 6 and CONTRACT section 5 (SIGTERM: stop accepting, finish in-flight requests, exit 0), on the
@@ -38,12 +38,8 @@ async function serviceAgainst(sandbox: Sandbox, env: Record<string, string> = {}
 }
 
 /** A token request to the child; resolves with the answer, or with the network error that cut it off. */
-async function requestToken(child: ChildService): Promise<supertest.Response | Error> {
-  const form = validForm();
-  let request = supertest(child.url).post('/v1/biz-tokens').set('Authorization', `Bearer ${await signToken()}`);
-  for (const [name, value] of Object.entries(form.fields)) request = request.field(name, value);
-  for (const [name, bytes] of Object.entries(form.files)) request = request.attach(name, bytes, { filename: `${name}.jpg`, contentType: 'image/jpeg' });
-  return request.then(
+function requestToken(child: ChildService): Promise<supertest.Response | Error> {
+  return postToken(targetOf(child)).then(
     (response) => response,
     (error: unknown) => (error instanceof Error ? error : new Error(String(error))),
   );

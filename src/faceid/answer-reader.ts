@@ -20,7 +20,9 @@ export type ReadStep =
   /** The body grew past the limit: the answer is not worth reading further. */
   | 'too-large'
   /** Not HTTP/1.1 as a server may send it. */
-  | 'malformed';
+  | 'malformed'
+  /** The connection ended before the answer did. */
+  | 'cut-short';
 
 type Stage = 'head' | 'length' | 'chunk-size' | 'chunk-data' | 'chunk-end' | 'trailer' | 'until-close' | 'done';
 
@@ -59,11 +61,9 @@ export class AnswerReader {
 
   /** The connection has ended: an answer framed by the end is complete, every other one is cut short. */
   end(): ReadStep {
-    if (this.stage === 'until-close') {
-      this.stage = 'done';
-      return 'done';
-    }
-    return this.stage === 'done' ? 'done' : 'malformed';
+    if (this.stage !== 'until-close' && this.stage !== 'done') return 'cut-short';
+    this.stage = 'done';
+    return 'done';
   }
 
   /** Consumes a prefix of `bytes` and gives its length, or a final step; keeps an incomplete line for later. */

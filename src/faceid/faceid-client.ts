@@ -180,8 +180,7 @@ function toAttemptOutcome(posted: PostOutcome): AttemptOutcome {
   switch (posted.kind) {
     case 'answer':
       return readAnswer(posted.status, posted.body.toString('utf8'));
-    case 'too-large-answer':
-    case 'malformed':
+    case 'unreadable':
       return { kind: 'unreadable', httpStatus: posted.status };
     case 'network':
       return { kind: 'network', code: posted.code, retryable: RETRYABLE_NETWORK_CODES.has(posted.code) };

@@ -4,10 +4,8 @@ import { AnswerReader } from './answer-reader';
 
 export type PostOutcome =
   | { kind: 'answer'; status: number; body: Buffer }
-  /** The answer's body passed the limit; the connection was dropped rather than read to its end. */
-  | { kind: 'too-large-answer'; status: number }
-  /** Not an HTTP/1.1 answer. */
-  | { kind: 'malformed'; status: number }
+  /** Not an HTTP/1.1 answer, or one whose body passed the limit (the connection was dropped, not read on). */
+  | { kind: 'unreadable'; status: number }
   /** No complete answer: the connection failed, was refused, or closed too early (`ECONNRESET`). */
   | { kind: 'network'; code: string };
 
@@ -213,16 +211,14 @@ class Exchange {
         this.outcome = { kind: 'answer', status: this.reader.status, body: this.reader.body };
         break;
       case 'too-large':
-        this.outcome = { kind: 'too-large-answer', status: this.reader.status };
-        break;
       case 'malformed':
-        // Cut short by the server's end: a dropped connection, not a broken answer. It is retried like one
-        // even when part of the answer came: FaceID may then have issued a token that nobody receives, as it
-        // would on the app's own retry; an unused biz_token expires unused.
-        // @see ../shared/seed/App-GetBizToken.md (返回值说明: biz_token 有效期)
-        this.outcome = this.connection.socket.readableEnded
-          ? { kind: 'network', code: 'ECONNRESET' }
-          : { kind: 'malformed', status: this.reader.status };
+        this.outcome = { kind: 'unreadable', status: this.reader.status };
+        break;
+      case 'cut-short':
+        // A dropped connection, not a broken answer. It is retried like one even when part of the answer came:
+        // FaceID may then have issued a token that nobody receives, as it would on the app's own retry, and an
+        // unused biz_token expires unused. @see ../shared/seed/App-GetBizToken.md (返回值说明: biz_token 有效期)
+        this.outcome = { kind: 'network', code: 'ECONNRESET' };
         break;
     }
     if (this.written) this.finish();

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
+import supertest from 'supertest';
 
 export const SERVER_ENTRY = path.join(__dirname, '..', '..', 'dist', 'server.js');
 
@@ -52,3 +53,6 @@ export async function startChildService(env: Record<string, string>, entry = SER
     },
   };
 }
+
+/** The child as a target of the shared request helpers (`postToken`). */
+export const targetOf = (child: ChildService): { http: () => supertest.Agent } => ({ http: () => supertest.agent(child.url) });

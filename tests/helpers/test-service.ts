@@ -109,7 +109,7 @@ export const validIdcardForm = (): Required<TokenForm> => ({
 
 /** POSTs a multipart token request through the HTTP surface. */
 export async function postToken(
-  target: TestService,
+  target: Pick<TestService, 'http'>,
   form: TokenForm = validForm(),
   headers: Record<string, string> = {},
 ): Promise<supertest.Response> {
