@@ -31,7 +31,11 @@ export const envSchema = z.object({
   FACEID_BASE_URL: z
     .url({ protocol: /^https?$/ })
     // FaceID authenticates by the sign: credentials in the URL would be sent nowhere, silently.
-    .refine((text) => !/^https?:\/\/[^/?#]*@/i.test(text), 'no user or password in the URL')
+    .refine((text) => {
+      // Only a URL has a user; anything else is already refused above.
+      const url = URL.canParse(text) ? new URL(text) : undefined;
+      return url === undefined || (url.username === '' && url.password === '');
+    }, 'no user or password in the URL')
     .default('https://api.megvii.com')
     .describe('FaceID host; the service posts to `<base>/faceid/v3/sdk/get_biz_token`. Regional hosts: api-sgp, api-idn.'),
   FACEID_API_KEY: optionalText.describe('FaceID api_key. Unset outside production: the built-in sandbox is used.'),
