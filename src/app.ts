@@ -1,6 +1,6 @@
 import cors from 'cors';
-import express from 'express';
-import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
+import express, { type Express } from 'express';
+import helmet from 'helmet';
 import type { Logger } from 'pino';
 import { createCallerAuthenticator } from './auth/authenticate-caller';
 import type { Config, FaceIdCredentials } from './config/load-config';
@@ -8,32 +8,29 @@ import { FaceIdClient } from './faceid/faceid-client';
 import { createMemoryIdempotencyStore } from './idempotency/memory-idempotency-store';
 import { createRedisIdempotencyStore } from './idempotency/redis-idempotency-store';
 import { createResilientIdempotencyStore } from './idempotency/resilient-idempotency-store';
-import { connectSharedStore, type SharedStore } from './limits/shared-store';
-import { createUpstreamBudget } from './limits/upstream-budget';
 import { createCircuitBreaker } from './limits/circuit-breaker';
-import { createUploadBufferPool } from './limits/upload-buffer-pool';
+import { connectSharedStore, type SharedStore } from './limits/shared-store';
 import { createUploadMemoryBudget } from './limits/upload-memory-budget';
+import { createUpstreamBudget } from './limits/upstream-budget';
 import { createUpstreamGate } from './limits/upstream-gate';
 import { createUserRateLimiter } from './limits/user-rate-limiter';
-import type { FrontStep } from './http/front-step';
-import { securityHeaders } from './http/security-headers';
-import { clientAddressOf, type TrustProxy } from './middleware/authenticate';
-import { errorHandler, notFound, writeProblem } from './middleware/error-handler';
+import { closeConnectionsWhileDraining } from './middleware/close-connections-while-draining';
+import { errorHandler, notFound } from './middleware/error-handler';
+import { measureRequests } from './middleware/measure-requests';
 import { requestId } from './middleware/request-id';
-import { requestLogging } from './middleware/request-logging';
-import { createMetrics, measureRequests, type Metrics } from './observability/metrics';
+import { requestLogger } from './middleware/request-logger';
+import { createMetrics, type Metrics } from './observability/metrics';
 import { buildOpenApiDocument } from './openapi/openapi-document';
-import { bizTokenRoute, isBizTokenRequest } from './routes/biz-tokens';
-import { opsRoutes, type Readiness } from './routes/ops';
+import { bizTokensRouter } from './routes/biz-tokens';
+import { opsRouter, type Readiness } from './routes/ops';
 import type { IssueBizTokenDeps } from './use-cases/issue-biz-token';
 
 /** Everything the app needs, built once at start-up; `close` releases what holds sockets. */
 export interface Service {
-  /** The token route on plain node:http, everything else through Express. */
-  handler: RequestListener;
+  app: Express;
   metrics: Metrics;
   shared: SharedStore;
-  /** Marks the service as shutting down: /readyz turns 503. */
+  /** Marks the service as shutting down: /readyz turns 503 and answers close their connections. */
   beginShutdown: () => void;
   close: () => Promise<void>;
 }
@@ -41,14 +38,17 @@ export interface Service {
 /** How long a second request with the same Idempotency-Key waits for the first one, beyond FaceID's own bound. */
 const IDEMPOTENCY_WAIT_MARGIN_MS = 2_000;
 
-/** Builds the request handler (the token route and the Express app) and its collaborators; it never listens (server.ts does). */
+/** Headers a browser app may read when CORS_ORIGINS lets it call the service. */
+const EXPOSED_HEADERS = ['X-Request-Id', 'RateLimit', 'RateLimit-Policy', 'Retry-After', 'Idempotent-Replayed'];
+
+/** Builds the Express app and its collaborators; it never listens (server.ts does). */
 export function createService(config: Config, credentials: FaceIdCredentials, logger: Logger): Service {
-  const client = new FaceIdClient({
+  const faceid = new FaceIdClient({
     baseUrl: config.faceid.baseUrl,
     credentials,
     timeoutMs: config.faceid.timeoutMs,
     maxRetries: config.faceid.maxRetries,
-    maxIdleConnections: config.faceid.maxConcurrency,
+    maxSockets: config.faceid.maxConcurrency,
   });
   const shared = connectSharedStore(config.redis, logger);
   const gate = createUpstreamGate(config.faceid.maxConcurrency, config.faceid.queueTimeoutMs);
@@ -58,11 +58,10 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
     log: logger.child({ component: 'faceid-circuit' }),
   });
   const uploadBudget = createUploadMemoryBudget(config.uploads.memoryBytes, config.uploads.queueTimeoutMs);
-  const uploadBuffers = createUploadBufferPool(config.uploads.memoryBytes);
   const metrics = createMetrics({ gate, breaker, uploadBudget });
   const local = createMemoryIdempotencyStore();
   const useCase: IssueBizTokenDeps = {
-    faceid: client,
+    faceid,
     idempotency:
       shared.redis === undefined
         ? local
@@ -73,41 +72,33 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
     validation: { policy: config.policy, clientSendsUuid: config.auth.mode === 'none' },
     idempotencyWaitMs: config.faceid.timeoutMs + config.faceid.queueTimeoutMs + IDEMPOTENCY_WAIT_MARGIN_MS,
   };
-  let shuttingDown = false;
-  const readiness: Readiness = () => ({ shuttingDown, redis: shared.state() });
+  let draining = false;
+  const readiness: Readiness = () => ({ shuttingDown: draining, redis: shared.state() });
 
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', config.trustProxy);
 
-  // Every request passes the same front steps, whichever side then answers it.
-  const front: FrontStep[] = [
-    (_req, res, next) => {
-      // While draining for shutdown, every answer closes its connection.
-      if (shuttingDown) res.setHeader('Connection', 'close');
-      next();
-    },
-    requestId,
-    requestLogging(logger),
-    measureRequests(metrics),
-    securityHeaders(),
-    // Without origins, cors would only pass every request on.
-    ...(config.corsOrigins.length > 0 ? [cors({ origin: config.corsOrigins, exposedHeaders: EXPOSED_HEADERS })] : []),
-  ];
-  const tokenRoute = bizTokenRoute({
-    logger,
-    authenticateCaller: createCallerAuthenticator(config.auth, logger),
-    clientAddress: clientAddressOf(app.get('trust proxy fn') as TrustProxy),
-    rateLimiter: createUserRateLimiter(config.rateLimit, shared),
-    metrics,
-    uploadBudget,
-    uploadBuffers,
-    useCase,
-  });
+  // Every request, whatever its route: the chain a newcomer reads top to bottom.
+  app.use(closeConnectionsWhileDraining(() => draining));
+  app.use(requestId);
+  app.use(requestLogger(logger));
+  app.use(helmet());
+  // Without origins, cors would only pass every request on.
+  if (config.corsOrigins.length > 0) app.use(cors({ origin: config.corsOrigins, exposedHeaders: EXPOSED_HEADERS }));
+  app.use(measureRequests(metrics));
 
-  app.use(...front);
   app.use(
-    opsRoutes({
+    bizTokensRouter({
+      authenticateCaller: createCallerAuthenticator(config.auth, logger),
+      rateLimiter: createUserRateLimiter(config.rateLimit, shared),
+      metrics,
+      uploadBudget,
+      useCase,
+    }),
+  );
+  app.use(
+    opsRouter({
       readiness,
       metrics: config.metricsPort === undefined ? metrics : undefined,
       docsEnabled: config.docsEnabled,
@@ -118,40 +109,15 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
   app.use(errorHandler);
 
   return {
-    handler: (req, res) => {
-      if (isBizTokenRequest(req)) runFront(front, req, res, () => tokenRoute(req, res));
-      else app(req, res);
-    },
+    app,
     metrics,
     shared,
     beginShutdown: () => {
-      shuttingDown = true;
+      draining = true;
     },
     close: async () => {
-      client.close();
+      faceid.close();
       await shared.close();
     },
   };
 }
-
-/** Runs the front steps in order, as Express would, then the route; a step's error, passed or thrown, becomes the answer. */
-function runFront(steps: readonly FrontStep[], req: IncomingMessage, res: ServerResponse, route: () => void): void {
-  let index = 0;
-  const next = (error?: unknown): void => {
-    if (error !== undefined) {
-      writeProblem(res, error);
-      return;
-    }
-    const step = steps[index];
-    index += 1;
-    try {
-      if (step === undefined) route();
-      else step(req, res, next);
-    } catch (thrown) {
-      writeProblem(res, thrown);
-    }
-  };
-  next();
-}
-
-const EXPOSED_HEADERS = ['X-Request-Id', 'RateLimit', 'RateLimit-Policy', 'Retry-After', 'Idempotent-Replayed'];

@@ -27,7 +27,7 @@ export interface RunningServer {
 export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
   const upstream = await resolveUpstream(config, log);
   const service = createService(upstream.config, upstream.credentials, log);
-  const server = applyTimeouts(http.createServer(SERVER_OPTIONS, service.handler));
+  const server = applyTimeouts(http.createServer(SERVER_OPTIONS, service.app));
   await listen(server, config.port);
   let metricsServer: http.Server | undefined;
   if (config.metricsPort !== undefined) {

@@ -1,8 +1,9 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { expectProblem, postToken, signToken, startTestService, validForm, type TestService } from './helpers/test-service';
+import { MAX_REQUEST_BYTES } from '../src/faceid/parameters';
 
-/** Issue 5's capacity rules: the upstream queue, the circuit breaker and the memory bounds. */
+/** Capacity rules: the upstream queue, the circuit breaker and the memory bounds. */
 
 const withBizNo = (bizNo: string) => {
   const form = validForm();
@@ -125,7 +126,7 @@ describe('memory bounds', () => {
   beforeAll(async () => {
     // The queue timeout leaves the quitter test below ample time to still be waiting when the budget frees up.
     target = await startTestService({ UPLOAD_MEMORY_MB: '20', UPLOAD_QUEUE_TIMEOUT_MS: '600' });
-    server = http.createServer(target.service.handler).listen(0);
+    server = http.createServer(target.service.app).listen(0);
     await new Promise((resolve) => server.once('listening', resolve));
     port = (server.address() as AddressInfo).port;
   });
@@ -198,22 +199,26 @@ describe('memory bounds', () => {
 
   test('when uploads already hold the whole memory budget, then the next one waits unread and gets 503 UPSTREAM_BUSY problem+json with Retry-After after the upload queue timeout', async () => {
     const token = await signToken();
-    // Announces 20 MiB and sends nothing: its reservation holds the whole 20 MiB budget.
-    const holder = http.request({
-      port,
-      method: 'POST',
-      path: '/v1/biz-tokens',
-      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'multipart/form-data; boundary=x', 'Content-Length': String(20 * 1024 * 1024) },
+    // Two uploads that announce the largest body and the budget's rest, and send nothing: together they hold the whole 20 MiB.
+    const holders = [MAX_REQUEST_BYTES, 20 * 1024 * 1024 - MAX_REQUEST_BYTES].map((bytes) => {
+      const holder = http.request({
+        port,
+        method: 'POST',
+        path: '/v1/biz-tokens',
+        headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'multipart/form-data; boundary=x', 'Content-Length': String(bytes) },
+      });
+      holder.on('error', () => undefined);
+      holder.flushHeaders();
+      return holder;
     });
-    holder.on('error', () => undefined);
-    holder.flushHeaders();
     await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(await reservedBytes()).toBe(20 * 1024 * 1024);
     const started = Date.now();
     const second = await postToken(target, validForm());
     expectProblem(second, 503, 'UPSTREAM_BUSY', null);
     expect(second.headers['retry-after']).toMatch(/^[1-9]\d*$/);
     expect(Date.now() - started).toBeGreaterThanOrEqual(550);
-    holder.destroy();
+    for (const holder of holders) holder.destroy();
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect((await postToken(target, validForm())).status).toBe(201);
   });

@@ -95,7 +95,7 @@ describe.each(STORES)('Idempotency-Key with the %s store', (kind, storeEnv) => {
       if (Date.now() > deadline) throw new Error('the service did not reach Redis');
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
-    server = http.createServer(target.service.handler);
+    server = http.createServer(target.service.app);
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
     url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   });

@@ -137,7 +137,7 @@ beforeAll(async () => {
   sandbox = await startTestSandbox();
   main = await startTestService({ LOG_LEVEL: 'trace', FACEID_TIMEOUT_MS: '1000', FACEID_MAX_RETRIES: '2' }, sandbox);
   wrongSecret = await startTestService({ LOG_LEVEL: 'trace', FACEID_API_SECRET: WRONG_FACEID_SECRET }, sandbox);
-  rawServer = http.createServer(main.service.handler);
+  rawServer = http.createServer(main.service.app);
   await new Promise<void>((resolve) => rawServer.listen(0, '127.0.0.1', resolve));
 
   // Success, both comparison types (the ID number's x in both cases).

@@ -233,7 +233,7 @@ describe('real answers of the running app match the document', () => {
   });
 
   test('when the body is announced larger than 20 MB, then the 413 problem is documented', async () => {
-    const server = http.createServer(target.service.handler);
+    const server = http.createServer(target.service.app);
     await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
     defer(() => new Promise<void>((done) => server.close(() => done())));
     const { port } = server.address() as AddressInfo;

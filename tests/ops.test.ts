@@ -173,8 +173,8 @@ describe('GET /metrics', () => {
   });
 
   test('when junk paths and a user were seen, then no label value holds a user id, the sub or a raw path', async () => {
-    expect(await rawGet(target.service.handler, '/v1/../etc/passwd?x=1')).toBe(404);
-    expect(await rawGet(target.service.handler, '/nothing/123')).toBe(404);
+    expect(await rawGet(target.service.app, '/v1/../etc/passwd?x=1')).toBe(404);
+    expect(await rawGet(target.service.app, '/nothing/123')).toBe(404);
     expect((await target.http().get(`/v1/biz-tokens/${sub}`)).status).toBe(404);
     const { text, samples } = await scrape(target);
     expect(text).not.toContain('passwd');

@@ -275,7 +275,7 @@ describe('FACEID_DAILY_BUDGET through Redis', () => {
 describe('a spent caller with an Idempotency-Key', () => {
   test('when the key holds no answer, then the 429 comes before the body is read', async () => {
     const target = await startTestService({ RATE_LIMIT_MAX: '1' });
-    const server = createServer(target.service.handler).listen(0);
+    const server = createServer(target.service.app).listen(0);
     try {
       await new Promise((resolve) => server.once('listening', resolve));
       const token = await signToken({ sub: `spent-${Date.now()}` });

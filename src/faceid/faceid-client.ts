@@ -1,13 +1,15 @@
 import { createSecretKey, type KeyObject } from 'node:crypto';
+import http from 'node:http';
+import https from 'node:https';
+import axios, { type AxiosInstance, isAxiosError } from 'axios';
+import FormData from 'form-data';
 import type { Logger } from 'pino';
 import type { FaceIdCredentials } from '../config/load-config';
 import { AppError } from '../errors/app-error';
 import type { ImageFormat } from '../images/inspect-image';
-import { encodeMultipart } from './multipart-encoder';
+import { isKnownCode, isRetryable, parseFaceIdError, toAppError, upstreamError, type FaceIdFailure } from './faceid-errors';
 import type { FileParameterName, ParameterName } from './parameters';
 import { freshSign, SIGN_VERSION } from './sign';
-import { isKnownCode, isRetryable, parseFaceIdError, toAppError, upstreamError, type FaceIdFailure } from './faceid-errors';
-import { UpstreamConnections, type Interrupter, type PostOutcome } from './upstream-connections';
 
 export const GET_BIZ_TOKEN_PATH = '/faceid/v3/sdk/get_biz_token';
 
@@ -34,15 +36,21 @@ export interface FaceIdClientOptions {
   credentials: FaceIdCredentials;
   timeoutMs: number;
   maxRetries: number;
-  /** Most connections kept open between calls; the upstream gate keeps calls in flight below it. */
-  maxIdleConnections: number;
+  /** Connections to FaceID at most, open or idle: the upstream gate keeps calls in flight within it. */
+  maxSockets: number;
 }
 
-const RETRYABLE_NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN']);
+/** Connection failures worth another attempt: nothing reached FaceID, or FaceID dropped the connection. */
+const RETRYABLE_NETWORK_CODES: ReadonlySet<string> = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN']);
 const BACKOFF_BASE_MS = 100;
 const BACKOFF_CAP_MS = 1_000;
-/** A biz_token answer is a few hundred bytes; a huge body is a broken upstream, not a token. */
-const MAX_ANSWER_BYTES = 64 * 1024;
+/** A biz_token response is a few hundred bytes; a huge body is a broken upstream, not a token. */
+const MAX_RESPONSE_BYTES = 64 * 1024;
+/**
+ * Idle connections are not reused after this long: less than servers commonly keep theirs (Node 5 s, nginx
+ * 75 s), so a request is never sent on a connection the server is closing.
+ */
+const IDLE_CONNECTION_MS = 4_000;
 const CONTENT_TYPES: Record<ImageFormat, string> = { jpeg: 'image/jpeg', png: 'image/png', bmp: 'image/bmp' };
 
 type AttemptOutcome =
@@ -53,88 +61,58 @@ type AttemptOutcome =
   | { kind: 'network'; code: string; retryable: boolean };
 
 /**
- * The whole exchange's deadline, retries included. A plain timer rather than `AbortSignal.timeout`: that one
- * cost about 5 µs per request.
- */
-class Deadline implements Interrupter {
-  expired = false;
-  private readonly timer: NodeJS.Timeout;
-  private current: { destroy(): void } | undefined;
-
-  constructor(ms: number) {
-    this.timer = setTimeout(() => {
-      this.expired = true;
-      this.current?.destroy();
-    }, ms);
-  }
-
-  /** The attempt's socket, which the deadline destroys when it passes. */
-  watch(target: { destroy(): void } | undefined): void {
-    this.current = target;
-    if (this.expired) target?.destroy();
-  }
-
-  clear(): void {
-    clearTimeout(this.timer);
-  }
-}
-
-/**
- * Talks to FaceID's App-GetBizToken: signs each attempt afresh, bounds the whole exchange (retries
- * included) by one deadline, retries what the seed calls safe to retry, and maps every answer to the
- * service's errors through FACEID_ERROR_TABLE.
+ * Talks to FaceID's App-GetBizToken with axios and a form-data body: signs each attempt afresh, bounds the
+ * whole exchange (retries included) by one deadline, retries what the seed calls safe to retry, and maps
+ * every response to the service's errors through FACEID_ERROR_TABLE. Redirects are never followed: a POST
+ * to FaceID never needs one.
  */
 export class FaceIdClient {
-  private readonly connections: UpstreamConnections;
-  /** Request line and the headers every attempt shares. */
-  private readonly headStart: string;
+  private readonly http: AxiosInstance;
+  private readonly agents: { http: http.Agent; https: https.Agent };
   /** The api_secret as an HMAC key, made once rather than from the text on every sign. */
   private readonly secretKey: KeyObject;
 
-  /**
-   * Its own HTTP/1.1 connections (upstream-connections.ts), not axios and form-data nor node:http's client:
-   * per 150 KB request axios and form-data cost about 0.8 CPU-ms more here, node:http's client about a
-   * tenth of the whole (see BENCHMARKS.md). Redirects are never followed: a POST to FaceID never needs one.
-   */
   constructor(private readonly options: FaceIdClientOptions) {
-    const url = new URL(`${options.baseUrl}${GET_BIZ_TOKEN_PATH}`);
-    this.connections = new UpstreamConnections(url, { maxIdle: options.maxIdleConnections, maxAnswerBytes: MAX_ANSWER_BYTES });
-    this.headStart = `POST ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\nAccept: application/json\r\n`;
+    // Most recently used connection first, so idle ones age out instead of all being kept barely warm.
+    const agentOptions = { keepAlive: true, maxSockets: options.maxSockets, maxFreeSockets: options.maxSockets, scheduling: 'lifo', timeout: IDLE_CONNECTION_MS } as const;
+    this.agents = { http: new http.Agent(agentOptions), https: new https.Agent(agentOptions) };
+    this.http = axios.create({
+      baseURL: options.baseUrl,
+      httpAgent: this.agents.http,
+      httpsAgent: this.agents.https,
+      maxRedirects: 0,
+      maxContentLength: MAX_RESPONSE_BYTES,
+      // No maxBodyLength: with it, axios since 1.15.1 never ends a form-data request, so every call opens a
+      // connection and leaks the last. The upload limit already keeps the body within FaceID's.
+      headers: { Accept: 'application/json' },
+      // The body is read as text and judged here: FaceID's 413 is plain text, and a 5xx may be HTML.
+      responseType: 'text',
+      transformResponse: (data: unknown) => data,
+      validateStatus: () => true,
+    });
     this.secretKey = createSecretKey(Buffer.from(options.credentials.apiSecret, 'utf8'));
   }
 
   async getBizToken(request: UpstreamTokenRequest, log: Logger): Promise<UpstreamToken> {
-    const deadline = new Deadline(this.options.timeoutMs);
-    try {
-      return await this.exchange(request, deadline, log);
-    } finally {
-      deadline.clear();
-    }
-  }
-
-  close(): void {
-    this.connections.close();
-  }
-
-  private async exchange(request: UpstreamTokenRequest, deadline: Deadline, log: Logger): Promise<UpstreamToken> {
     const started = performance.now();
+    const deadline = AbortSignal.timeout(this.options.timeoutMs);
     let attempts = 0;
     for (;;) {
-      // The deadline may pass during a back-off: no new sign, body or connection for an attempt it would cut.
-      if (deadline.expired) throw timedOut({ attempts, upstreamMs: Math.round(performance.now() - started) });
+      if (deadline.aborted) throw timedOut({ attempts, upstreamMs: Math.round(performance.now() - started) });
       attempts += 1;
       const outcome = await this.attempt(request, deadline);
       const context = { attempts, upstreamMs: Math.round(performance.now() - started) };
-      if (deadline.expired) throw timedOut(context);
+      if (deadline.aborted) throw timedOut(context);
       if (outcome.kind === 'token') {
         return { bizToken: outcome.bizToken, faceidRequestId: outcome.requestId, faceidResult: 'OK', ...context };
       }
       const retryable = (outcome.kind === 'network' && outcome.retryable) || (outcome.kind === 'failure' && isRetryable(outcome.failure));
       const backoffMs = Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** (attempts - 1));
       const remainingMs = this.options.timeoutMs - (performance.now() - started);
+      // No new sign, body or connection for an attempt the deadline would cut off.
       if (retryable && attempts <= this.options.maxRetries && backoffMs < remainingMs) {
         log.debug({ attempt: attempts, outcome: describe(outcome), backoffMs: Math.round(backoffMs) }, 'retrying FaceID');
-        await sleep(backoffMs);
+        await new Promise((resolve) => setTimeout(resolve, backoffMs));
         continue;
       }
       throw this.toError(outcome, new Set(['sign', 'sign_version', ...request.serviceFields.map(([name]) => name)]), {
@@ -145,21 +123,31 @@ export class FaceIdClient {
     }
   }
 
+  /** Closes the kept-alive connections. */
+  close(): void {
+    this.agents.http.destroy();
+    this.agents.https.destroy();
+  }
+
   /** One POST; every way it can end becomes an outcome, never a rejection. */
-  private async attempt(request: UpstreamTokenRequest, deadline: Deadline): Promise<AttemptOutcome> {
-    const form = encodeMultipart(
-      [['sign', freshSign(this.options.credentials.apiKey, this.secretKey)], ['sign_version', SIGN_VERSION], ...request.serviceFields, ...request.clientFields],
-      request.images.map((image) => ({
-        name: image.name,
-        filename: `${image.name}.${image.format}`,
-        contentType: CONTENT_TYPES[image.format],
-        bytes: image.bytes,
-      })),
-    );
-    const head = `${this.headStart}Content-Type: ${form.contentType}\r\nContent-Length: ${form.length}\r\n\r\n`;
-    const posted = await this.connections.post(head, form.chunks, deadline);
-    deadline.watch(undefined);
-    return toAttemptOutcome(posted);
+  private async attempt(request: UpstreamTokenRequest, deadline: AbortSignal): Promise<AttemptOutcome> {
+    const form = new FormData();
+    form.append('sign', freshSign(this.options.credentials.apiKey, this.secretKey));
+    form.append('sign_version', SIGN_VERSION);
+    for (const [name, value] of [...request.serviceFields, ...request.clientFields]) form.append(name, value);
+    for (const image of request.images) {
+      form.append(image.name, image.bytes, { filename: `${image.name}.${image.format}`, contentType: CONTENT_TYPES[image.format], knownLength: image.bytes.length });
+    }
+    try {
+      const response = await this.http.post<string>(GET_BIZ_TOKEN_PATH, form, {
+        // The length up front: axios would otherwise ask form-data for it asynchronously on every call.
+        headers: form.getHeaders({ 'Content-Length': form.getLengthSync() }),
+        signal: deadline,
+      });
+      return readResponse(response.status, response.data);
+    } catch (error) {
+      return failedOutcome(error);
+    }
   }
 
   private toError(outcome: Exclude<AttemptOutcome, { kind: 'token' }>, serviceFields: ReadonlySet<string>, context: Record<string, unknown>): AppError {
@@ -169,25 +157,14 @@ export class FaceIdClient {
       case 'too-large':
         return new AppError(413, 'PAYLOAD_TOO_LARGE', 'FaceID refused the request as too large', { logContext: context });
       case 'unreadable':
-        return upstreamError('unreadable FaceID answer', { ...context, faceidStatus: outcome.httpStatus });
+        return upstreamError('unreadable FaceID response', { ...context, faceidStatus: outcome.httpStatus });
       case 'network':
         return upstreamError('FaceID could not be reached', { ...context, networkError: outcome.code });
     }
   }
 }
 
-function toAttemptOutcome(posted: PostOutcome): AttemptOutcome {
-  switch (posted.kind) {
-    case 'answer':
-      return readAnswer(posted.status, posted.body.toString('utf8'));
-    case 'unreadable':
-      return { kind: 'unreadable', httpStatus: posted.status };
-    case 'network':
-      return { kind: 'network', code: posted.code, retryable: RETRYABLE_NETWORK_CODES.has(posted.code) };
-  }
-}
-
-function readAnswer(httpStatus: number, text: string): AttemptOutcome {
+function readResponse(httpStatus: number, text: string): AttemptOutcome {
   // The 413 is plain text, not JSON. @see ../shared/seed/App-GetBizToken.md (413 Request Entity Too Large)
   if (httpStatus === 413) return { kind: 'too-large' };
   let json: unknown;
@@ -197,18 +174,30 @@ function readAnswer(httpStatus: number, text: string): AttemptOutcome {
     return { kind: 'unreadable', httpStatus };
   }
   if (typeof json !== 'object' || json === null) return { kind: 'unreadable', httpStatus };
-  const answer = json as Record<string, unknown>;
-  const requestId = typeof answer.request_id === 'string' ? answer.request_id : undefined;
-  if (httpStatus === 200 && typeof answer.biz_token === 'string' && answer.biz_token.length > 0) {
-    return { kind: 'token', bizToken: answer.biz_token, requestId };
+  const body = json as Record<string, unknown>;
+  const requestId = typeof body.request_id === 'string' ? body.request_id : undefined;
+  if (httpStatus === 200 && typeof body.biz_token === 'string' && body.biz_token.length > 0) {
+    return { kind: 'token', bizToken: body.biz_token, requestId };
   }
-  if (typeof answer.error === 'string' && answer.error.length > 0) {
-    return { kind: 'failure', failure: parseFaceIdError(httpStatus, answer.error), requestId };
+  if (typeof body.error === 'string' && body.error.length > 0) {
+    return { kind: 'failure', failure: parseFaceIdError(httpStatus, body.error), requestId };
   }
   return { kind: 'unreadable', httpStatus };
 }
 
-/** Bounded: FaceID's documented codes, or what kind of non-answer it was. */
+/**
+ * A request that got no usable response. A response axios refused (over 64 KiB, or not valid HTTP) came
+ * from FaceID and is unreadable; anything else is the connection's failure, named by its code.
+ */
+function failedOutcome(error: unknown): AttemptOutcome {
+  const code = isAxiosError(error) ? error.code : (error as { code?: unknown } | undefined)?.code;
+  const status = isAxiosError(error) ? (error.response?.status ?? 0) : 0;
+  if (typeof code === 'string' && (code === 'ERR_BAD_RESPONSE' || code.startsWith('HPE_'))) return { kind: 'unreadable', httpStatus: status };
+  const name = typeof code === 'string' ? code : 'UNKNOWN';
+  return { kind: 'network', code: name, retryable: RETRYABLE_NETWORK_CODES.has(name) };
+}
+
+/** Bounded: FaceID's documented codes, or what kind of non-response it was. */
 function resultOf(outcome: Exclude<AttemptOutcome, { kind: 'token' }>): string {
   switch (outcome.kind) {
     case 'failure':
@@ -235,5 +224,3 @@ function describe(outcome: Exclude<AttemptOutcome, { kind: 'token' }>): string {
 
 const timedOut = (context: { attempts: number; upstreamMs: number }): AppError =>
   new AppError(504, 'UPSTREAM_TIMEOUT', 'FaceID did not answer in time', { logContext: { ...context, faceidResult: 'TIMEOUT' } });
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));

@@ -10,10 +10,17 @@ export type LivenessType = (typeof LIVENESS_TYPES)[number];
 export type ComparisonType = (typeof COMPARISON_TYPES)[number];
 
 /**
- * FaceID refuses requests over 20 MB; the service refuses them first.
+ * FaceID refuses requests over 20 MB with a plain-text 413 (nginx's page and its `20m`, so MiB).
  * @see ../shared/seed/App-GetBizToken.md (413 Request Entity Too Large)
  */
-export const MAX_REQUEST_BYTES = 20 * 1024 * 1024;
+export const FACEID_MAX_REQUEST_BYTES = 20 * 1024 * 1024;
+
+/**
+ * The largest upload the service accepts: FaceID's limit less room for what the service adds (the sign and
+ * its own fields, and part headers that may be longer than the client's own). A body the service accepts
+ * is then never one FaceID refuses as too large after the call is spent.
+ */
+export const MAX_REQUEST_BYTES = FACEID_MAX_REQUEST_BYTES - 64 * 1024;
 
 /**
  * The parameters of App-GetBizToken exactly as FaceID documents them: their value formats and which

@@ -1,46 +1,64 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Request, Response } from 'express';
 import type { Caller } from '../auth/authenticate-caller';
 import type { AppError } from '../errors/app-error';
+import type { AnsweredRecord } from '../idempotency/idempotency-store';
 import type { IssuedToken } from '../use-cases/issue-biz-token';
 
 /**
- * What one request has learnt so far, for its log line, its metrics and its problem answer. Kept beside the
- * response rather than on it, so the token route (plain node:http) and the Express routes share it.
+ * What one request has learnt so far, kept in `res.locals`: the middleware fill it in, the log line, the
+ * metrics and the problem answer read it.
  */
 export interface RequestContext {
   requestId: string;
-  /** The route pattern, never the raw path; set by the token route, else Express's matched route. */
-  route: string | undefined;
   caller?: Caller;
+  /** The caller's rate-limit window is spent: only a stored answer for its Idempotency-Key may still be given. */
+  rateLimited?: AppError;
+  idempotencyKey?: string;
+  /** The stored answer a rate-limited caller's Idempotency-Key already holds. */
+  answeredBefore?: AnsweredRecord;
   error?: AppError;
   issued?: IssuedToken;
 }
 
-const contexts = new WeakMap<ServerResponse, RequestContext>();
-
-export function contextOf(res: ServerResponse): RequestContext {
-  let context = contexts.get(res);
-  if (context === undefined) {
-    context = { requestId: '', route: undefined };
-    contexts.set(res, context);
+declare global {
+  namespace Express {
+    interface Locals {
+      context?: RequestContext;
+    }
   }
-  return context;
 }
 
+export function contextOf(res: Response): RequestContext {
+  res.locals.context ??= { requestId: '' };
+  return res.locals.context;
+}
+
+/** The authenticated caller; only middleware after `authenticate` may ask. */
+export function callerOf(res: Response): Caller {
+  const { caller } = contextOf(res);
+  if (caller === undefined) throw new Error('the caller is asked for before authentication ran');
+  return caller;
+}
+
+/** Status of an answer that never went out: nginx's "client closed request", so logs and metrics never claim a 200. */
+export const CLIENT_CLOSED_STATUS = 499;
+
 /** The route pattern for logs and metrics, so paths with ids or junk never become free-form values. */
-export function routeOf(req: IncomingMessage, res: ServerResponse): string {
-  const expressRoute = (req as IncomingMessage & { route?: { path?: unknown } }).route;
-  return contextOf(res).route ?? (typeof expressRoute?.path === 'string' ? expressRoute.path : 'unmatched');
+export function routeOf(req: Request): string {
+  const route = req.route as { path?: unknown } | undefined;
+  return typeof route?.path === 'string' ? route.path : 'unmatched';
 }
 
 /**
- * How the request ended, for its log line and the metrics alike: the service's code (`CLIENT_CLOSED` when
- * the client left before the answer was out) and the upstream facts when FaceID was asked.
+ * How the request ended, for its log line and the metrics alike: the status really sent (499 when the
+ * client left before the answer was out), the service's code, and the upstream facts when FaceID was asked.
  */
-export function outcomeOf(res: ServerResponse): { code: string; upstream: Record<string, unknown> | undefined } {
+export function outcomeOf(res: Response): { status: number; code: string; upstream: Record<string, unknown> | undefined } {
   const { error, issued } = contextOf(res);
+  const finished = res.writableFinished;
   return {
-    code: !res.writableFinished ? 'CLIENT_CLOSED' : (error?.code ?? 'OK'),
+    status: finished ? res.statusCode : CLIENT_CLOSED_STATUS,
+    code: finished ? (error?.code ?? 'OK') : 'CLIENT_CLOSED',
     upstream: issued?.upstream ?? error?.logContext,
   };
 }

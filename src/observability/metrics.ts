@@ -2,8 +2,6 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { BreakerState, CircuitBreaker } from '../limits/circuit-breaker';
 import type { UploadMemoryBudget } from '../limits/upload-memory-budget';
 import type { UpstreamGate } from '../limits/upstream-gate';
-import type { FrontStep } from '../http/front-step';
-import { routeOf } from '../http/request-context';
 
 /** Every label value is bounded: route patterns, status codes and the service's own error codes. */
 export interface Metrics {
@@ -87,18 +85,5 @@ export function createMetrics({ gate, breaker, uploadBudget }: GaugeSources): Me
     rateLimitRejections: new Counter({ name: 'rate_limit_rejections_total', help: 'Requests refused by the per-user rate limit', registers: [registry] }),
     idempotentReplays: new Counter({ name: 'idempotent_replays_total', help: 'Answers replayed for a repeated Idempotency-Key', registers: [registry] }),
     httpInFlight: new Gauge({ name: 'http_requests_in_flight', help: 'HTTP requests being answered', registers: [registry] }),
-  };
-}
-
-/** Times every request by its route pattern (never the raw path). */
-export function measureRequests(metrics: Metrics): FrontStep {
-  return (req, res, next) => {
-    const end = metrics.httpDuration.startTimer();
-    metrics.httpInFlight.inc();
-    res.once('close', () => {
-      metrics.httpInFlight.dec();
-      end({ route: routeOf(req, res), method: (req.method ?? '').length <= 7 ? (req.method ?? 'OTHER') : 'OTHER', status: String(res.statusCode) });
-    });
-    next();
   };
 }

@@ -5,7 +5,7 @@ import type { SharedStore } from '../limits/shared-store';
 
 export type Readiness = () => { shuttingDown: boolean; redis: ReturnType<SharedStore['state']> };
 
-export interface OpsRouteDeps {
+export interface OpsRouterDeps {
   readiness: Readiness;
   /** Undefined when metrics are served on their own METRICS_PORT instead. */
   metrics: Metrics | undefined;
@@ -20,7 +20,7 @@ const REDIS_CHECK: Record<ReturnType<Readiness>['redis'], string> = {
 };
 
 /** Health, readiness and metrics for operators; the API's description for developers. */
-export function opsRoutes(deps: OpsRouteDeps): Router {
+export function opsRouter(deps: OpsRouterDeps): Router {
   const router = Router();
   router.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });

@@ -44,6 +44,8 @@ const SERVER_OWNED: ReadonlySet<ParameterName> = new Set([
   'return_faces',
 ]);
 
+const REPLACEMENT_CHARACTER = '\uFFFD';
+
 /** The parameter table in its order, listed once rather than on every request. */
 const PARAMETER_ENTRIES = Object.entries(PARAMETERS) as ReadonlyArray<[ParameterName, (typeof PARAMETERS)[ParameterName]]>;
 
@@ -59,6 +61,8 @@ export function validateTokenRequest(form: MultipartForm, { policy, clientSendsU
     if (isServerOwned(name, clientSendsUuid)) throw badArgument(name, `${name} is set by the service and may not be sent`);
     if (PARAMETERS[name].kind === 'file') throw badArgument(name, `${name} must be sent as a file`);
     if (values.length > 1) throw badArgument(name, `${name} is repeated`);
+    // The parser turns bytes that are not UTF-8 into U+FFFD; forwarding that would silently alter, say, a name.
+    if (values[0]?.includes(REPLACEMENT_CHARACTER) === true) throw badArgument(name, `${name} is not valid UTF-8`);
   }
   for (const [name, files] of form.files) {
     if (!isParameterName(name)) throw badArgument(name, `${name} is not a field of this endpoint`);

@@ -75,7 +75,7 @@ export async function startTestService(env: Record<string, string | undefined> =
     config,
     sandbox: upstream,
     log,
-    http: () => supertest.agent(service.handler),
+    http: () => supertest.agent(service.app),
     close: async () => {
       await service.close();
       if (sandbox === undefined) await upstream.close();
