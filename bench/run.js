@@ -1,12 +1,16 @@
 // @ts-check
 /**
- * `npm run bench`: the service against the sandbox (fast mode, no latency), compared with going to the
- * sandbox directly and, when nginx is installed, with nginx forwarding the same bodies. Servers share
- * core 0, the load generator (this process, autocannon) runs on core 1. Targets are interleaved and
- * repeated; the report takes medians. Writes BENCHMARKS.md.
+ * `npm run bench`: three targets forwarding the same uploads to the sandbox (fast mode, no latency), side by
+ * side in the same interleaved rounds: the service; the bare forwarder (bench/bare-forwarder.js, the Express +
+ * multer + form-data + axios peer a user would otherwise write); and, when installed, nginx (for reference).
+ * Servers share core 0, the load generator (this process, autocannon) runs on core 1. Targets are interleaved
+ * and repeated; the report takes medians. Also measures, at one connection, what the service adds to going to
+ * the sandbox directly. Writes BENCHMARKS.md.
  *
  * Environment: BENCH_DURATION_S (default 5), BENCH_ROUNDS (default 5), BENCH_WARMUP_S (default 5, per target
- * and body), BENCH_PROFILE=1 (the service runs with --cpu-prof and leaves a .cpuprofile in bench/profiles).
+ * and body), BENCH_PROFILE=1 (the service runs with --cpu-prof and leaves a .cpuprofile in bench/profiles),
+ * BENCH_OUTPUT (where the report goes, default BENCHMARKS.md at the repository's root), BENCH_SKIP_SERVICE=1
+ * (leave the service out, to check the bench itself while the service does not start).
  */
 'use strict';
 const { spawn, execFileSync } = require('node:child_process');
@@ -22,10 +26,15 @@ const DURATION_S = Number(process.env.BENCH_DURATION_S ?? 5);
 // Five rounds: on a noisy shared machine a single run's CPU per request moves by a quarter either way.
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const WARMUP_S = Number(process.env.BENCH_WARMUP_S ?? 5);
+const OUTPUT = path.resolve(process.env.BENCH_OUTPUT ?? path.join(root, 'BENCHMARKS.md'));
+const SKIP_SERVICE = process.env.BENCH_SKIP_SERVICE === '1';
 const KEY = 'bench-key';
 const SECRET = 'bench-secret';
 const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
-/** The service runs as the image runs it: the runtime settings (glibc, V8) of the Dockerfile's final stage. */
+/**
+ * The service runs as the image runs it: the runtime settings (glibc, V8) of the Dockerfile's final stage. The
+ * bare forwarder gets the same, so that the comparison is between the code, not the runtimes.
+ */
 const RUNTIME_SETTINGS = dockerfileEnvironment(['MALLOC_MMAP_THRESHOLD_', 'NODE_OPTIONS']);
 
 // The load generator must not compete with the servers for their core.
@@ -173,6 +182,19 @@ function peakRssMiB(pid) {
   }, 0);
 }
 
+/**
+ * Waits until the servers on core 0 are idle: a target still working on requests whose client has gone (the bare
+ * forwarder never cancels its FaceID call) must not take the core from the next target's run.
+ */
+async function settle(pids) {
+  const busy = () => pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
+  for (let waited = 0; waited < 30_000; waited += 200) {
+    const before = busy();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    if (busy() - before <= 0.01) return;
+  }
+}
+
 function nginxPath() {
   for (const candidate of ['/usr/sbin/nginx', '/usr/bin/nginx']) if (fs.existsSync(candidate)) return candidate;
   return undefined;
@@ -192,22 +214,39 @@ async function main() {
   const sandboxUrl = `http://127.0.0.1:${sandboxPort}`;
   await waitFor(`${sandboxUrl}/healthz`);
 
-  const servicePort = await freePort();
-  const profileDir = path.join(__dirname, 'profiles');
-  const nodeArgs = process.env.BENCH_PROFILE === '1' ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
-  const service = startPinned(process.execPath, [...nodeArgs, path.join(root, 'dist', 'server.js')], {
-    NODE_ENV: 'development', PORT: String(servicePort), LOG_LEVEL: 'info', FACEID_BASE_URL: sandboxUrl, FACEID_API_KEY: KEY,
-    FACEID_API_SECRET: SECRET, AUTH_MODE: 'none', RATE_LIMIT_MAX: '1000000', FACEID_MAX_CONCURRENCY: '64',
-    ...RUNTIME_SETTINGS,
-  }, path.join(work, 'service.log'));
-  children.push(service);
-  const serviceUrl = `http://127.0.0.1:${servicePort}`;
-  await waitFor(`${serviceUrl}/healthz`);
+  // Not measured under load (the sandbox is what every target forwards to): the base of the added latency.
+  const direct = { key: 'direct', name: 'direct to sandbox', url: `${sandboxUrl}/faceid/v3/sdk/get_biz_token`, direct: true, pid: undefined };
+  /** The targets measured side by side at every point, in the report's order. */
+  const targets = [];
 
-  const targets = [
-    { name: 'direct to sandbox', url: `${sandboxUrl}/faceid/v3/sdk/get_biz_token`, direct: true, pid: undefined },
-    { name: 'through the service', url: `${serviceUrl}/v1/biz-tokens`, direct: false, pid: service.pid },
-  ];
+  if (!SKIP_SERVICE) {
+    const servicePort = await freePort();
+    const profileDir = path.join(__dirname, 'profiles');
+    const nodeArgs = process.env.BENCH_PROFILE === '1' ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
+    const service = startPinned(process.execPath, [...nodeArgs, path.join(root, 'dist', 'server.js')], {
+      NODE_ENV: 'development', PORT: String(servicePort), LOG_LEVEL: 'info', FACEID_BASE_URL: sandboxUrl, FACEID_API_KEY: KEY,
+      FACEID_API_SECRET: SECRET, AUTH_MODE: 'none', RATE_LIMIT_MAX: '1000000', FACEID_MAX_CONCURRENCY: '64',
+      ...RUNTIME_SETTINGS,
+    }, path.join(work, 'service.log'));
+    children.push(service);
+    const serviceUrl = `http://127.0.0.1:${servicePort}`;
+    await waitFor(`${serviceUrl}/healthz`);
+    targets.push({ key: 'service', name: 'service', url: `${serviceUrl}/v1/biz-tokens`, direct: false, pid: service.pid });
+  }
+
+  // Started like the service: the same core, the same runtime settings, the same sandbox. NODE_ENV=production
+  // as a user would deploy it (the service gets development only because the bench runs it with AUTH_MODE=none).
+  const forwarderPort = await freePort();
+  const forwarder = startPinned(process.execPath, [path.join(__dirname, 'bare-forwarder.js')], {
+    NODE_ENV: 'production', PORT: String(forwarderPort), FACEID_BASE_URL: sandboxUrl, FACEID_API_KEY: KEY, FACEID_API_SECRET: SECRET,
+    ...RUNTIME_SETTINGS,
+  }, path.join(work, 'forwarder.log'));
+  children.push(forwarder);
+  const forwarderUrl = `http://127.0.0.1:${forwarderPort}`;
+  // It has no health route: any answer (Express's 404) means it is listening.
+  await waitFor(`${forwarderUrl}/healthz`);
+  targets.push({ key: 'forwarder', name: 'bare forwarder', url: `${forwarderUrl}/v1/biz-tokens`, direct: false, pid: forwarder.pid });
+
   const nginx = nginxPath();
   if (nginx !== undefined) {
     const nginxPort = await freePort();
@@ -222,7 +261,7 @@ http { access_log off; client_max_body_size 25m; client_body_buffer_size 1m; pro
     const proxy = startPinned(nginx, ['-c', conf, '-p', work], {}, path.join(work, 'nginx.log'));
     children.push(proxy);
     await new Promise((resolve) => setTimeout(resolve, 500));
-    targets.push({ name: 'nginx (reference)', url: `http://127.0.0.1:${nginxPort}/v1/biz-tokens`, direct: true, pid: proxy.pid });
+    targets.push({ key: 'nginx', name: 'nginx (reference)', url: `http://127.0.0.1:${nginxPort}/v1/biz-tokens`, direct: true, pid: proxy.pid });
   }
 
   process.stdout.write('building the request bodies...\n');
@@ -233,10 +272,11 @@ http { access_log off; client_max_body_size 25m; client_body_buffer_size 1m; pro
     { name: `${Math.round(small.length / 1024)} KB photo + fields`, key: 'small', files: { image_ref1: small } },
     { name: `${(large.length / 1024 / 1024).toFixed(1)} MB photo + ${Math.round(small.length / 1024)} KB photo`, key: 'large', files: { image_ref1: large, image_ref2: small } },
   ];
-  const direct = signedFields();
+  const signed = signedFields();
   for (const body of bodies) {
+    // What an app sends (the service and the forwarder sign it), and what nginx and the direct calls pass on as is.
     body.forService = multipart({ ...clientFields, uuid: 'bench-user' }, body.files);
-    body.forUpstream = multipart({ ...direct, ...clientFields, uuid: 'bench-user' }, body.files);
+    body.forUpstream = multipart({ ...signed, ...clientFields, uuid: 'bench-user' }, body.files);
   }
 
   const run = async (target, body, connections, duration) => {
@@ -246,18 +286,21 @@ http { access_log off; client_max_body_size 25m; client_body_buffer_size 1m; pro
     if (pid !== undefined) resetPeakRss(pid);
     const result = await autocannon({ url: target.url, method: 'POST', connections, duration, headers: { 'content-type': contentType }, body: payload });
     const ok = result['2xx'];
-    return {
+    // No answer at all within the run (64 large uploads can take longer): no latency, rather than autocannon's 0.
+    const answered = result.latency.totalCount > 0;
+    const sample = {
       reqPerSec: ok / duration,
-      mean: result.latency.mean,
-      p50: result.latency.p50,
-      p99: result.latency.p99,
+      mean: answered ? result.latency.mean : undefined,
+      p50: answered ? result.latency.p50 : undefined,
       errors: result.errors + result.non2xx + result.timeouts,
-      cpuPer1000: pid === undefined || ok === 0 ? undefined : ((cpuSeconds(pid) - cpuBefore) / ok) * 1000,
+      cpuMsPerRequest: pid === undefined || ok === 0 ? undefined : ((cpuSeconds(pid) - cpuBefore) / ok) * 1000,
       peakRss: pid === undefined ? undefined : peakRssMiB(pid),
     };
+    await settle([sandbox.pid, ...targets.map((one) => one.pid)]);
+    return sample;
   };
 
-  // Measure the steady state a long-running service is in: V8 optimises the hot path over the first seconds
+  // Measure the steady state a long-running server is in: V8 optimises the hot path over the first seconds
   // of load (the first of several 5 s runs was seen at 1.3 CPU-ms per small request, the next at 0.75).
   for (const target of targets) for (const body of bodies) await run(target, body, 16, WARMUP_S);
 
@@ -267,25 +310,27 @@ http { access_log off; client_max_body_size 25m; client_body_buffer_size 1m; pro
   for (const body of bodies) for (const connections of [16, 64]) cases.push({ body, connections });
   for (let round = 1; round <= ROUNDS; round += 1) {
     for (const { body, connections } of cases) {
+      // Alternating the order: no target always runs right after the same one.
       for (const target of round % 2 === 1 ? targets : [...targets].reverse()) {
-        const key = `${body.key}|${connections}|${target.name}`;
         const sample = await run(target, body, connections, DURATION_S);
-        (samples[key] ??= []).push(sample);
-        process.stdout.write(`round ${round} ${body.name} c=${connections} ${target.name}: ${sample.reqPerSec.toFixed(0)} req/s p50 ${sample.p50} ms errors ${sample.errors}${sample.cpuPer1000 === undefined ? '' : ` CPU ${sample.cpuPer1000.toFixed(3)} ms/req`}${sample.peakRss === undefined ? '' : ` peak ${sample.peakRss.toFixed(0)} MiB`}\n`);
+        (samples[`${body.key}|${connections}|${target.key}`] ??= []).push(sample);
+        process.stdout.write(`round ${round} ${body.name} c=${connections} ${target.name}: ${sample.reqPerSec.toFixed(0)} req/s p50 ${fixed(sample.p50)} ms errors ${sample.errors}${sample.cpuMsPerRequest === undefined ? '' : ` CPU ${sample.cpuMsPerRequest.toFixed(3)} ms/req`}${sample.peakRss === undefined ? '' : ` peak ${sample.peakRss.toFixed(0)} MiB`}\n`);
       }
     }
   }
-  // Below saturation: what the service adds to one request's latency.
+  // Below saturation: what the service (and the forwarder, for comparison) adds to one request's latency.
   const single = {};
+  const singleTargets = [direct, ...targets.filter((target) => target.key !== 'nginx')];
   for (let round = 0; round < ROUNDS; round += 1) {
     // The mean, not p50: autocannon's percentiles are whole milliseconds, too coarse for this.
-    for (const target of targets.slice(0, 2)) (single[target.name] ??= []).push((await run(target, bodies[0], 1, DURATION_S)).mean);
+    for (const target of singleTargets) (single[target.key] ??= []).push((await run(target, bodies[0], 1, DURATION_S)).mean);
   }
 
-  const serviceLog = fs.readFileSync(path.join(work, 'service.log'), 'utf8');
-  const rssGrowth = samples[`large|64|through the service`]?.map((sample) => sample.peakRss) ?? [];
+  // Per round, so that growth across rounds (a leak) shows.
+  const rssRounds = {};
+  for (const target of targets) rssRounds[target.key] = samples[`large|64|${target.key}`]?.map((sample) => sample.peakRss) ?? [];
   stop();
-  writeReport({ targets, bodies, samples, single, rssGrowth, nginx: nginx !== undefined, serviceLogLines: serviceLog.split('\n').length });
+  writeReport({ targets, bodies, samples, single, rssRounds, nginx: nginx !== undefined });
   fs.rmSync(work, { recursive: true, force: true });
 }
 
@@ -296,46 +341,63 @@ const median = (values) => {
   return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
 };
 const fixed = (value, digits = 0) => (value === undefined ? 'n/a' : value.toFixed(digits));
+const ratio = (value, base) => (value === undefined || base === undefined || base === 0 ? undefined : value / base);
 
-function writeReport({ targets, bodies, samples, single, rssGrowth, nginx }) {
+/** The target's cell: the ratio and whether it is met (a forwarder that finished nothing in the run is beaten). */
+function againstForwarder(service, forwarder) {
+  if (service === undefined || forwarder === undefined) return 'n/a';
+  if (forwarder === 0) return service > 0 ? 'forwarder 0 req/s (met)' : 'both 0 req/s';
+  const value = service / forwarder;
+  return `${value.toFixed(2)}x ${value >= 1 ? '(met)' : '(missed)'}`;
+}
+
+function writeReport({ targets, bodies, samples, single, rssRounds, nginx }) {
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
+  const names = (list) => list.map((target) => target.key).join(' / ');
+  const memoryTargets = targets.filter((target) => target.key !== 'nginx');
   const lines = [
     '# Benchmarks',
     '',
     `Measured by \`npm run bench\` on ${new Date().toISOString().slice(0, 10)}: ${os.cpus().length} cores (${cpu}), ${Math.round(os.totalmem() / 1024 ** 3)} GiB, Node ${process.version}, ${os.type()} ${os.release()}.`,
-    `Servers (sandbox, service${nginx ? ', nginx' : ''}) pinned to core 0, the load generator (autocannon) to core 1; each target warmed with each body for ${WARMUP_S} s, then ${ROUNDS} interleaved rounds of ${DURATION_S} s per case; medians.`,
-    `The service runs as the Dockerfile runs it (${Object.entries(RUNTIME_SETTINGS).map(([name, value]) => `${name}=${value}`).join(', ')}), with LOG_LEVEL=info (one JSON line per request) and AUTH_MODE=none, without Redis.`,
+    `Servers (sandbox, ${targets.map((target) => target.name).join(', ')}) pinned to core 0, the load generator (autocannon) to core 1; each target warmed with each body for ${WARMUP_S} s, then ${ROUNDS} interleaved rounds of ${DURATION_S} s per point, the targets side by side in each round; medians.`,
+    SKIP_SERVICE
+      ? 'The service was left out of this run (BENCH_SKIP_SERVICE=1).'
+      : `The service runs as the Dockerfile runs it (${Object.entries(RUNTIME_SETTINGS).map(([name, value]) => `${name}=${value}`).join(', ')}), with LOG_LEVEL=info (one JSON line per request) and AUTH_MODE=none, without Redis.`,
+    'The bare forwarder (`bench/bare-forwarder.js`) is the peer a user would otherwise write: Express 5, multer with memory storage, form-data, axios with its defaults; no checks, no bounds, no logging; the same runtime settings, NODE_ENV=production.',
+    `Target: the service's req/s at least the bare forwarder's (>= 1.00x) at each point. ${nginx ? 'nginx forwarding the same bodies is reported for reference only.' : 'nginx is not installed on this machine: no reference column.'}`,
     '',
-    '| body | connections | target | req/s | p50 ms | p99 ms | CPU-s per 1000 req | peak RSS MiB | errors | req/s to nginx | CPU per req to nginx |',
-    '|---|---|---|---|---|---|---|---|---|---|---|',
+    `| body | connections | req/s (${names(targets)}) | service / forwarder req/s (target >= 1.00x) | service / nginx req/s (reference) | CPU-ms per req (${names(targets)}) | p50 ms (${names(targets)}) | peak RSS MiB (${names(memoryTargets)}) | errors (${names(targets)}) |`,
+    '|---|---|---|---|---|---|---|---|---|',
   ];
   for (const body of bodies) {
     for (const connections of [16, 64]) {
-      const referenceList = samples[`${body.key}|${connections}|nginx (reference)`] ?? [];
-      const reference = median(referenceList.map((sample) => sample.reqPerSec));
-      const referenceCpu = median(referenceList.map((sample) => sample.cpuPer1000));
-      const ratio = (value, base) => (value === undefined || base === undefined ? 'n/a' : (value / base).toFixed(2));
-      for (const target of targets) {
-        const list = samples[`${body.key}|${connections}|${target.name}`] ?? [];
-        const rate = median(list.map((sample) => sample.reqPerSec));
-        const cpu = median(list.map((sample) => sample.cpuPer1000));
-        lines.push(
-          `| ${body.name} | ${connections} | ${target.name} | ${fixed(rate)} | ${fixed(median(list.map((s) => s.p50)), 1)} | ${fixed(median(list.map((s) => s.p99)), 1)} | ${fixed(cpu, 3)} | ${fixed(median(list.map((s) => s.peakRss)))} | ${list.reduce((sum, s) => sum + s.errors, 0)} | ${ratio(rate, reference)} | ${ratio(cpu, referenceCpu)} |`,
-        );
-      }
+      const stat = (target, field) => median((samples[`${body.key}|${connections}|${target.key}`] ?? []).map((sample) => sample[field]));
+      const each = (list, field, digits) => list.map((target) => fixed(stat(target, field), digits)).join(' / ');
+      const rateOf = (key) => {
+        const target = targets.find((one) => one.key === key);
+        return target === undefined ? undefined : stat(target, 'reqPerSec');
+      };
+      const toNginx = ratio(rateOf('service'), rateOf('nginx'));
+      const errors = targets.map((target) => (samples[`${body.key}|${connections}|${target.key}`] ?? []).reduce((sum, sample) => sum + sample.errors, 0)).join(' / ');
+      lines.push(
+        `| ${body.name} | ${connections} | ${each(targets, 'reqPerSec', 0)} | ${againstForwarder(rateOf('service'), rateOf('forwarder'))} | ${toNginx === undefined ? 'n/a' : `${toNginx.toFixed(2)}x`} | ${each(targets, 'cpuMsPerRequest', 3)} | ${each(targets, 'p50', 1)} | ${each(memoryTargets, 'peakRss', 0)} | ${errors} |`,
+      );
     }
   }
-  const directP50 = median(single['direct to sandbox'] ?? []);
-  const serviceP50 = median(single['through the service'] ?? []);
+  const directMean = median(single.direct ?? []);
+  const latencies = targets.filter((target) => single[target.key] !== undefined).map((target) => {
+    const mean = median(single[target.key]);
+    return `through the ${target.name} ${fixed(mean, 2)} ms (added ${mean === undefined || directMean === undefined ? 'n/a' : (mean - directMean).toFixed(2)} ms)`;
+  });
   lines.push(
     '',
-    `Added latency at 1 connection, ${bodies[0].name} (median of the rounds' mean latency): direct ${fixed(directP50, 2)} ms, through the service ${fixed(serviceP50, 2)} ms, added ${directP50 === undefined || serviceP50 === undefined ? 'n/a' : (serviceP50 - directP50).toFixed(2)} ms.`,
+    `Added latency at 1 connection, ${bodies[0].name} (median of the rounds' mean latency): direct ${fixed(directMean, 2)} ms, ${latencies.join(', ')}.`,
     '',
-    `Peak RSS of the service in each round of 64 connections with the large body: ${rssGrowth.map((value) => fixed(value)).join(', ')} MiB (growth across rounds would mean a leak).`,
+    `Peak RSS in each round of 64 connections with the large body (growth across rounds would mean a leak): ${memoryTargets.map((target) => `${target.name} ${rssRounds[target.key].map((value) => fixed(value)).join(', ')} MiB`).join('; ')}.`,
     '',
   );
   const notes = path.join(__dirname, 'NOTES.md');
   if (fs.existsSync(notes)) lines.push(fs.readFileSync(notes, 'utf8'));
-  fs.writeFileSync(path.join(root, 'BENCHMARKS.md'), `${lines.join('\n')}\n`);
-  process.stdout.write(`${lines.join('\n')}\nwritten to BENCHMARKS.md\n`);
+  fs.writeFileSync(OUTPUT, `${lines.join('\n')}\n`);
+  process.stdout.write(`${lines.join('\n')}\nwritten to ${OUTPUT}\n`);
 }
