@@ -29,7 +29,8 @@ app.post('/v1/biz-tokens', upload.any(), async (req, res) => {
   form.append('sign_version', 'hmac_sha1');
   for (const [name, value] of Object.entries(req.body)) form.append(name, value);
   const files = /** @type {Express.Multer.File[]} */ (req.files);
-  for (const file of files) form.append(file.fieldname, file.buffer, { filename: file.originalname, contentType: file.mimetype });
+  for (const file of files)
+    form.append(file.fieldname, file.buffer, { filename: file.originalname, contentType: file.mimetype });
 
   // axios defaults otherwise: follow-redirects transport, Node's global agent, no timeout, JSON parsed.
   const answer = await axios.post(`${FACEID_BASE_URL}/faceid/v3/sdk/get_biz_token`, form, {

@@ -39,7 +39,10 @@ const RUNTIME_SETTINGS = dockerfileEnvironment(['MALLOC_MMAP_THRESHOLD_', 'NODE_
 
 // The load generator must not compete with the servers for their core.
 if (process.env.BENCH_PINNED !== '1' && hasTaskset()) {
-  const child = spawn('taskset', ['-c', '1', process.execPath, __filename], { stdio: 'inherit', env: { ...process.env, BENCH_PINNED: '1' } });
+  const child = spawn('taskset', ['-c', '1', process.execPath, __filename], {
+    stdio: 'inherit',
+    env: { ...process.env, BENCH_PINNED: '1' },
+  });
   child.on('exit', (code) => process.exit(code ?? 1));
 } else {
   main().catch((error) => {
@@ -65,7 +68,9 @@ function dockerfileEnvironment(names) {
   const set = {};
   for (const line of finalStage) {
     const env = /^\s*ENV\s+(.*)$/i.exec(line);
-    for (const [, name, value] of env === null ? [] : env[1].matchAll(/([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S+)/g)) {
+    for (const [, name, value] of env === null
+      ? []
+      : env[1].matchAll(/([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S+)/g)) {
       set[name] = value.startsWith('"') ? JSON.parse(value) : value;
     }
   }
@@ -81,7 +86,10 @@ function dockerfileEnvironment(names) {
 function photo(width, height, quality, noise) {
   const rgba = Buffer.alloc(width * height * 4);
   let seed = 42;
-  const random = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff) * noise;
+  const random = () => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return (seed / 0x7fffffff) * noise;
+  };
   for (let index = 0, pixel = 0; index < rgba.length; index += 4, pixel += 1) {
     const x = pixel % width;
     const y = Math.floor(pixel / width);
@@ -101,7 +109,11 @@ function multipart(fields, files) {
     parts.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\n${value}\r\n`));
   }
   for (const [name, bytes] of Object.entries(files)) {
-    parts.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${name}"; filename="${name}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`));
+    parts.push(
+      Buffer.from(
+        `--${boundary}\r\nContent-Disposition: form-data; name="${name}"; filename="${name}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`,
+      ),
+    );
     parts.push(bytes, Buffer.from('\r\n'));
   }
   parts.push(Buffer.from(`--${boundary}--\r\n`));
@@ -113,7 +125,12 @@ function signedFields() {
   const { sign } = require(path.join(root, 'dist', 'faceid', 'sign.js'));
   // A reusable sign valid for the whole run (the sandbox accepts it until it expires).
   const now = Math.floor(Date.now() / 1000);
-  return { sign: sign({ apiKey: KEY, apiSecret: SECRET, currentTime: now, expireTime: now + 3600, random: '12345' }), sign_version: 'hmac_sha1', security_level: '2', force_compare: '0' };
+  return {
+    sign: sign({ apiKey: KEY, apiSecret: SECRET, currentTime: now, expireTime: now + 3600, random: '12345' }),
+    sign_version: 'hmac_sha1',
+    security_level: '2',
+    force_compare: '0',
+  };
 }
 
 function freePort() {
@@ -150,7 +167,11 @@ function startPinned(command, args, env, logFile) {
 function processTree(pid) {
   let children = [];
   try {
-    children = execFileSync('pgrep', ['-P', String(pid)]).toString().split('\n').filter(Boolean).map(Number);
+    children = execFileSync('pgrep', ['-P', String(pid)])
+      .toString()
+      .split('\n')
+      .filter(Boolean)
+      .map(Number);
   } catch {
     // no children
   }
@@ -177,7 +198,10 @@ function resetPeakRss(pid) {
 /** Peak resident memory, summed over the server's processes. */
 function peakRssMiB(pid) {
   return processTree(pid).reduce((sum, one) => {
-    const line = fs.readFileSync(`/proc/${one}/status`, 'utf8').split('\n').find((text) => text.startsWith('VmHWM:'));
+    const line = fs
+      .readFileSync(`/proc/${one}/status`, 'utf8')
+      .split('\n')
+      .find((text) => text.startsWith('VmHWM:'));
     return sum + Number(line?.replace(/\D+/g, '') ?? 0) / 1024;
   }, 0);
 }
@@ -203,19 +227,35 @@ function nginxPath() {
 async function main() {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'faceid-bench-'));
   const children = [];
-  const stop = () => children.forEach((child) => child.exitCode === null && child.kill('SIGTERM'));
+  const stop = () => {
+    for (const child of children) if (child.exitCode === null) child.kill('SIGTERM');
+  };
   process.on('exit', stop);
 
   const sandboxPort = await freePort();
-  const sandbox = startPinned(process.execPath, [path.join(root, 'dist', 'sandbox', 'main.js')], {
-    SANDBOX_PORT: String(sandboxPort), SANDBOX_API_KEY: KEY, SANDBOX_API_SECRET: SECRET, LOG_LEVEL: 'warn',
-  }, path.join(work, 'sandbox.log'));
+  const sandbox = startPinned(
+    process.execPath,
+    [path.join(root, 'dist', 'sandbox', 'main.js')],
+    {
+      SANDBOX_PORT: String(sandboxPort),
+      SANDBOX_API_KEY: KEY,
+      SANDBOX_API_SECRET: SECRET,
+      LOG_LEVEL: 'warn',
+    },
+    path.join(work, 'sandbox.log'),
+  );
   children.push(sandbox);
   const sandboxUrl = `http://127.0.0.1:${sandboxPort}`;
   await waitFor(`${sandboxUrl}/healthz`);
 
   // Not measured under load (the sandbox is what every target forwards to): the base of the added latency.
-  const direct = { key: 'direct', name: 'direct to sandbox', url: `${sandboxUrl}/faceid/v3/sdk/get_biz_token`, direct: true, pid: undefined };
+  const direct = {
+    key: 'direct',
+    name: 'direct to sandbox',
+    url: `${sandboxUrl}/faceid/v3/sdk/get_biz_token`,
+    direct: true,
+    pid: undefined,
+  };
   /** The targets measured side by side at every point, in the report's order. */
   const targets = [];
 
@@ -223,45 +263,87 @@ async function main() {
     const servicePort = await freePort();
     const profileDir = path.join(__dirname, 'profiles');
     const nodeArgs = process.env.BENCH_PROFILE === '1' ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
-    const service = startPinned(process.execPath, [...nodeArgs, path.join(root, 'dist', 'server.js')], {
-      NODE_ENV: 'development', PORT: String(servicePort), LOG_LEVEL: 'info', FACEID_BASE_URL: sandboxUrl, FACEID_API_KEY: KEY,
-      FACEID_API_SECRET: SECRET, AUTH_MODE: 'none', RATE_LIMIT_MAX: '1000000', FACEID_MAX_CONCURRENCY: '64',
-      ...RUNTIME_SETTINGS,
-    }, path.join(work, 'service.log'));
+    const service = startPinned(
+      process.execPath,
+      [...nodeArgs, path.join(root, 'dist', 'server.js')],
+      {
+        NODE_ENV: 'development',
+        PORT: String(servicePort),
+        LOG_LEVEL: 'info',
+        FACEID_BASE_URL: sandboxUrl,
+        FACEID_API_KEY: KEY,
+        FACEID_API_SECRET: SECRET,
+        AUTH_MODE: 'none',
+        RATE_LIMIT_MAX: '1000000',
+        FACEID_MAX_CONCURRENCY: '64',
+        ...RUNTIME_SETTINGS,
+      },
+      path.join(work, 'service.log'),
+    );
     children.push(service);
     const serviceUrl = `http://127.0.0.1:${servicePort}`;
     await waitFor(`${serviceUrl}/healthz`);
-    targets.push({ key: 'service', name: 'service', url: `${serviceUrl}/v1/biz-tokens`, direct: false, pid: service.pid });
+    targets.push({
+      key: 'service',
+      name: 'service',
+      url: `${serviceUrl}/v1/biz-tokens`,
+      direct: false,
+      pid: service.pid,
+    });
   }
 
   // Started like the service: the same core, the same runtime settings, the same sandbox. NODE_ENV=production
   // as a user would deploy it (the service gets development only because the bench runs it with AUTH_MODE=none).
   const forwarderPort = await freePort();
-  const forwarder = startPinned(process.execPath, [path.join(__dirname, 'bare-forwarder.js')], {
-    NODE_ENV: 'production', PORT: String(forwarderPort), FACEID_BASE_URL: sandboxUrl, FACEID_API_KEY: KEY, FACEID_API_SECRET: SECRET,
-    ...RUNTIME_SETTINGS,
-  }, path.join(work, 'forwarder.log'));
+  const forwarder = startPinned(
+    process.execPath,
+    [path.join(__dirname, 'bare-forwarder.js')],
+    {
+      NODE_ENV: 'production',
+      PORT: String(forwarderPort),
+      FACEID_BASE_URL: sandboxUrl,
+      FACEID_API_KEY: KEY,
+      FACEID_API_SECRET: SECRET,
+      ...RUNTIME_SETTINGS,
+    },
+    path.join(work, 'forwarder.log'),
+  );
   children.push(forwarder);
   const forwarderUrl = `http://127.0.0.1:${forwarderPort}`;
   // It has no health route: any answer (Express's 404) means it is listening.
   await waitFor(`${forwarderUrl}/healthz`);
-  targets.push({ key: 'forwarder', name: 'bare forwarder', url: `${forwarderUrl}/v1/biz-tokens`, direct: false, pid: forwarder.pid });
+  targets.push({
+    key: 'forwarder',
+    name: 'bare forwarder',
+    url: `${forwarderUrl}/v1/biz-tokens`,
+    direct: false,
+    pid: forwarder.pid,
+  });
 
   const nginx = nginxPath();
   if (nginx !== undefined) {
     const nginxPort = await freePort();
     const conf = path.join(work, 'nginx.conf');
-    fs.writeFileSync(conf, `worker_processes 1; daemon off; pid ${work}/nginx.pid; error_log ${work}/nginx-error.log;
+    fs.writeFileSync(
+      conf,
+      `worker_processes 1; daemon off; pid ${work}/nginx.pid; error_log ${work}/nginx-error.log;
 events { worker_connections 1024; }
 http { access_log off; client_max_body_size 25m; client_body_buffer_size 1m; proxy_request_buffering on;
   upstream sandbox { server 127.0.0.1:${sandboxPort}; keepalive 64; }
   server { listen 127.0.0.1:${nginxPort};
     location = /v1/biz-tokens { proxy_pass http://sandbox/faceid/v3/sdk/get_biz_token; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-`);
+`,
+    );
     const proxy = startPinned(nginx, ['-c', conf, '-p', work], {}, path.join(work, 'nginx.log'));
     children.push(proxy);
     await new Promise((resolve) => setTimeout(resolve, 500));
-    targets.push({ key: 'nginx', name: 'nginx (reference)', url: `http://127.0.0.1:${nginxPort}/v1/biz-tokens`, direct: true, pid: proxy.pid });
+    targets.push({
+      key: 'nginx',
+      name: 'nginx (reference)',
+      url: `http://127.0.0.1:${nginxPort}/v1/biz-tokens`,
+      direct: true,
+      pid: proxy.pid,
+    });
   }
 
   process.stdout.write('building the request bodies...\n');
@@ -270,7 +352,11 @@ http { access_log off; client_max_body_size 25m; client_body_buffer_size 1m; pro
   const clientFields = { comparison_type: '0', liveness_type: 'meglive', liveness_timeout: '30', biz_no: 'bench' };
   const bodies = [
     { name: `${Math.round(small.length / 1024)} KB photo + fields`, key: 'small', files: { image_ref1: small } },
-    { name: `${(large.length / 1024 / 1024).toFixed(1)} MB photo + ${Math.round(small.length / 1024)} KB photo`, key: 'large', files: { image_ref1: large, image_ref2: small } },
+    {
+      name: `${(large.length / 1024 / 1024).toFixed(1)} MB photo + ${Math.round(small.length / 1024)} KB photo`,
+      key: 'large',
+      files: { image_ref1: large, image_ref2: small },
+    },
   ];
   const signed = signedFields();
   for (const body of bodies) {
@@ -284,7 +370,14 @@ http { access_log off; client_max_body_size 25m; client_body_buffer_size 1m; pro
     const pid = target.pid;
     const cpuBefore = pid === undefined ? 0 : cpuSeconds(pid);
     if (pid !== undefined) resetPeakRss(pid);
-    const result = await autocannon({ url: target.url, method: 'POST', connections, duration, headers: { 'content-type': contentType }, body: payload });
+    const result = await autocannon({
+      url: target.url,
+      method: 'POST',
+      connections,
+      duration,
+      headers: { 'content-type': contentType },
+      body: payload,
+    });
     const ok = result['2xx'];
     // No answer at all within the run (64 large uploads can take longer): no latency, rather than autocannon's 0.
     const answered = result.latency.totalCount > 0;
@@ -313,8 +406,11 @@ http { access_log off; client_max_body_size 25m; client_body_buffer_size 1m; pro
       // Alternating the order: no target always runs right after the same one.
       for (const target of round % 2 === 1 ? targets : [...targets].reverse()) {
         const sample = await run(target, body, connections, DURATION_S);
-        (samples[`${body.key}|${connections}|${target.key}`] ??= []).push(sample);
-        process.stdout.write(`round ${round} ${body.name} c=${connections} ${target.name}: ${sample.reqPerSec.toFixed(0)} req/s p50 ${fixed(sample.p50)} ms errors ${sample.errors}${sample.cpuMsPerRequest === undefined ? '' : ` CPU ${sample.cpuMsPerRequest.toFixed(3)} ms/req`}${sample.peakRss === undefined ? '' : ` peak ${sample.peakRss.toFixed(0)} MiB`}\n`);
+        const key = `${body.key}|${connections}|${target.key}`;
+        samples[key] = [...(samples[key] ?? []), sample];
+        process.stdout.write(
+          `round ${round} ${body.name} c=${connections} ${target.name}: ${sample.reqPerSec.toFixed(0)} req/s p50 ${fixed(sample.p50)} ms errors ${sample.errors}${sample.cpuMsPerRequest === undefined ? '' : ` CPU ${sample.cpuMsPerRequest.toFixed(3)} ms/req`}${sample.peakRss === undefined ? '' : ` peak ${sample.peakRss.toFixed(0)} MiB`}\n`,
+        );
       }
     }
   }
@@ -323,12 +419,16 @@ http { access_log off; client_max_body_size 25m; client_body_buffer_size 1m; pro
   const singleTargets = [direct, ...targets.filter((target) => target.key !== 'nginx')];
   for (let round = 0; round < ROUNDS; round += 1) {
     // The mean, not p50: autocannon's percentiles are whole milliseconds, too coarse for this.
-    for (const target of singleTargets) (single[target.key] ??= []).push((await run(target, bodies[0], 1, DURATION_S)).mean);
+    for (const target of singleTargets) {
+      const { mean } = await run(target, bodies[0], 1, DURATION_S);
+      single[target.key] = [...(single[target.key] ?? []), mean];
+    }
   }
 
   // Per round, so that growth across rounds (a leak) shows.
   const rssRounds = {};
-  for (const target of targets) rssRounds[target.key] = samples[`large|64|${target.key}`]?.map((sample) => sample.peakRss) ?? [];
+  for (const target of targets)
+    rssRounds[target.key] = samples[`large|64|${target.key}`]?.map((sample) => sample.peakRss) ?? [];
   stop();
   writeReport({ targets, bodies, samples, single, rssRounds, nginx: nginx !== undefined });
   fs.rmSync(work, { recursive: true, force: true });
@@ -362,7 +462,9 @@ function writeReport({ targets, bodies, samples, single, rssRounds, nginx }) {
     `Servers (sandbox, ${targets.map((target) => target.name).join(', ')}) pinned to core 0, the load generator (autocannon) to core 1; each target warmed with each body for ${WARMUP_S} s, then ${ROUNDS} interleaved rounds of ${DURATION_S} s per point, the targets side by side in each round; medians.`,
     SKIP_SERVICE
       ? 'The service was left out of this run (BENCH_SKIP_SERVICE=1).'
-      : `The service runs as the Dockerfile runs it (${Object.entries(RUNTIME_SETTINGS).map(([name, value]) => `${name}=${value}`).join(', ')}), with LOG_LEVEL=info (one JSON line per request) and AUTH_MODE=none, without Redis.`,
+      : `The service runs as the Dockerfile runs it (${Object.entries(RUNTIME_SETTINGS)
+          .map(([name, value]) => `${name}=${value}`)
+          .join(', ')}), with LOG_LEVEL=info (one JSON line per request) and AUTH_MODE=none, without Redis.`,
     'The bare forwarder (`bench/bare-forwarder.js`) is the peer a user would otherwise write: Express 5, multer with memory storage, form-data, axios with its defaults; no checks, no bounds, no logging; the same runtime settings, NODE_ENV=production.',
     `Target: the service's req/s at least the bare forwarder's (>= 1.00x) at each point. ${nginx ? 'nginx forwarding the same bodies is reported for reference only.' : 'nginx is not installed on this machine: no reference column.'}`,
     '',
@@ -371,24 +473,31 @@ function writeReport({ targets, bodies, samples, single, rssRounds, nginx }) {
   ];
   for (const body of bodies) {
     for (const connections of [16, 64]) {
-      const stat = (target, field) => median((samples[`${body.key}|${connections}|${target.key}`] ?? []).map((sample) => sample[field]));
+      const stat = (target, field) =>
+        median((samples[`${body.key}|${connections}|${target.key}`] ?? []).map((sample) => sample[field]));
       const each = (list, field, digits) => list.map((target) => fixed(stat(target, field), digits)).join(' / ');
       const rateOf = (key) => {
         const target = targets.find((one) => one.key === key);
         return target === undefined ? undefined : stat(target, 'reqPerSec');
       };
       const toNginx = ratio(rateOf('service'), rateOf('nginx'));
-      const errors = targets.map((target) => (samples[`${body.key}|${connections}|${target.key}`] ?? []).reduce((sum, sample) => sum + sample.errors, 0)).join(' / ');
+      const errors = targets
+        .map((target) =>
+          (samples[`${body.key}|${connections}|${target.key}`] ?? []).reduce((sum, sample) => sum + sample.errors, 0),
+        )
+        .join(' / ');
       lines.push(
         `| ${body.name} | ${connections} | ${each(targets, 'reqPerSec', 0)} | ${againstForwarder(rateOf('service'), rateOf('forwarder'))} | ${toNginx === undefined ? 'n/a' : `${toNginx.toFixed(2)}x`} | ${each(targets, 'cpuMsPerRequest', 3)} | ${each(targets, 'p50', 1)} | ${each(memoryTargets, 'peakRss', 0)} | ${errors} |`,
       );
     }
   }
   const directMean = median(single.direct ?? []);
-  const latencies = targets.filter((target) => single[target.key] !== undefined).map((target) => {
-    const mean = median(single[target.key]);
-    return `through the ${target.name} ${fixed(mean, 2)} ms (added ${mean === undefined || directMean === undefined ? 'n/a' : (mean - directMean).toFixed(2)} ms)`;
-  });
+  const latencies = targets
+    .filter((target) => single[target.key] !== undefined)
+    .map((target) => {
+      const mean = median(single[target.key]);
+      return `through the ${target.name} ${fixed(mean, 2)} ms (added ${mean === undefined || directMean === undefined ? 'n/a' : (mean - directMean).toFixed(2)} ms)`;
+    });
   lines.push(
     '',
     `Added latency at 1 connection, ${bodies[0].name} (median of the rounds' mean latency): direct ${fixed(directMean, 2)} ms, ${latencies.join(', ')}.`,

@@ -65,7 +65,11 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
     idempotency:
       shared.redis === undefined
         ? local
-        : createResilientIdempotencyStore(createRedisIdempotencyStore(shared.redis), local, () => shared.state() === 'ready'),
+        : createResilientIdempotencyStore(
+            createRedisIdempotencyStore(shared.redis),
+            local,
+            () => shared.state() === 'ready',
+          ),
     budget: createUpstreamBudget(config.faceid.dailyBudget, shared, logger),
     gate,
     breaker,

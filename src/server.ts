@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import express from 'express';
 import type { Logger } from 'pino';
 import { createService } from './app';
-import { ConfigError, loadConfig, type Config } from './config/load-config';
+import { type Config, ConfigError, loadConfig } from './config/load-config';
 import { createLogger, maskSecret } from './logging/logger';
 import { metricsHandler } from './routes/ops';
 import { resolveUpstream } from './sandbox/embedded-sandbox';
@@ -12,7 +12,11 @@ import { resolveUpstream } from './sandbox/embedded-sandbox';
  * Explicit limits against slow clients: the headers must arrive within 15 s, the whole request (up to
  * 20 MB from a phone) within 120 s, and an idle keep-alive socket lives just past common load balancers' 60 s.
  */
-export const SERVER_TIMEOUTS = { headersTimeoutMs: 15_000, requestTimeoutMs: 120_000, keepAliveTimeoutMs: 65_000 } as const;
+export const SERVER_TIMEOUTS = {
+  headersTimeoutMs: 15_000,
+  requestTimeoutMs: 120_000,
+  keepAliveTimeoutMs: 65_000,
+} as const;
 
 /** Node checks the timeouts above only every 30 s by default; once a second keeps them close to their values. */
 const SERVER_OPTIONS: http.ServerOptions = { connectionsCheckingInterval: 1_000 };
@@ -38,7 +42,10 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     await listen(metricsServer, config.metricsPort);
   }
   const port = (server.address() as AddressInfo).port;
-  log.info({ port, metricsPort: config.metricsPort, config: maskedConfig(upstream.config) }, 'faceid-token-service listening');
+  log.info(
+    { port, metricsPort: config.metricsPort, config: maskedConfig(upstream.config) },
+    'faceid-token-service listening',
+  );
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
@@ -58,14 +65,20 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       clearInterval(sweep);
       clearTimeout(timer);
       metricsServer?.closeAllConnections();
-      await new Promise<void>((resolve) => (metricsServer === undefined ? resolve() : metricsServer.close(() => resolve())));
+      await new Promise<void>((resolve) =>
+        metricsServer === undefined ? resolve() : metricsServer.close(() => resolve()),
+      );
       await service.close();
       await upstream.close();
       log.info('stopped');
     })();
     return stopping;
   };
-  return { port, metricsPort: metricsServer === undefined ? undefined : (metricsServer.address() as AddressInfo).port, stop };
+  return {
+    port,
+    metricsPort: metricsServer === undefined ? undefined : (metricsServer.address() as AddressInfo).port,
+    stop,
+  };
 }
 
 function applyTimeouts(server: http.Server): http.Server {
@@ -91,8 +104,17 @@ function maskedConfig(config: Config): Record<string, unknown> {
   const { jwtSecret, publicKeyPem, uuidSalt, ...auth } = config.auth;
   return {
     ...config,
-    faceid: { ...faceid, apiKey: credentials === undefined ? maskSecret(undefined) : `${credentials.apiKey.slice(0, 4)}…`, apiSecret: maskSecret(credentials) },
-    auth: { ...auth, jwtSecret: maskSecret(jwtSecret), publicKey: maskSecret(publicKeyPem), uuidSalt: maskSecret(uuidSalt) },
+    faceid: {
+      ...faceid,
+      apiKey: credentials === undefined ? maskSecret(undefined) : `${credentials.apiKey.slice(0, 4)}…`,
+      apiSecret: maskSecret(credentials),
+    },
+    auth: {
+      ...auth,
+      jwtSecret: maskSecret(jwtSecret),
+      publicKey: maskSecret(publicKeyPem),
+      uuidSalt: maskSecret(uuidSalt),
+    },
     redis: { ...config.redis, url: config.redis.url?.replace(/\/\/[^@/]*@/, '//***@') },
   };
 }

@@ -1,16 +1,16 @@
 import { createHmac } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { exportJWK, exportSPKI, generateKeyPair, SignJWT, type JWK, type JWTPayload } from 'jose';
+import { exportJWK, exportSPKI, generateKeyPair, type JWK, type JWTPayload, SignJWT } from 'jose';
 import type supertest from 'supertest';
 import {
   postToken,
   signToken,
   startTestService,
   TEST_JWT_SECRET,
+  type TestService,
   validForm,
   validIdcardForm,
-  type TestService,
 } from './helpers/test-service';
 
 /**
@@ -36,7 +36,11 @@ interface TokenOptions {
 
 async function makeToken(key: SigningKey, options: TokenOptions = {}): Promise<string> {
   const jwt = new SignJWT({ ...options.claims })
-    .setProtectedHeader({ alg: options.alg ?? 'HS256', typ: 'JWT', ...(options.kid === undefined ? {} : { kid: options.kid }) })
+    .setProtectedHeader({
+      alg: options.alg ?? 'HS256',
+      typ: 'JWT',
+      ...(options.kid === undefined ? {} : { kid: options.kid }),
+    })
     .setIssuedAt();
   if (options.sub !== null) jwt.setSubject(options.sub ?? 'user-1');
   if (options.exp !== null) jwt.setExpirationTime(options.exp ?? '5m');
@@ -126,7 +130,10 @@ describe('HS256 shared secret (AUTH_JWT_SECRET)', () => {
   });
 
   test('when the token is signed with another secret, then it answers 401', async () => {
-    await expectUnauthenticated(target, `Bearer ${await signToken({}, 'another-secret-that-is-long-enough-9876543210')}`);
+    await expectUnauthenticated(
+      target,
+      `Bearer ${await signToken({}, 'another-secret-that-is-long-enough-9876543210')}`,
+    );
   });
 
   test('when the token is signed with RS256 while HS256 is configured, then it answers 401', async () => {
@@ -196,7 +203,10 @@ describe('issuer and audience (AUTH_JWT_ISSUER, AUTH_JWT_AUDIENCE)', () => {
   });
 
   test('when the token has another iss, then it answers 401', async () => {
-    await expectUnauthenticated(target, `Bearer ${await makeToken(key, { iss: 'https://evil.example.test', aud: audience })}`);
+    await expectUnauthenticated(
+      target,
+      `Bearer ${await makeToken(key, { iss: 'https://evil.example.test', aud: audience })}`,
+    );
   });
 
   test('when the token has another aud, then it answers 401', async () => {
@@ -320,7 +330,10 @@ describe('JWKS URL (AUTH_JWKS_URL)', () => {
   });
 
   test('when a second token arrives, then the cached JWKS is used without refetching', async () => {
-    await expectIssued(target, `Bearer ${await makeToken(first.privateKey, { alg: 'RS256', kid: 'key-1', sub: 'user-2' })}`);
+    await expectIssued(
+      target,
+      `Bearer ${await makeToken(first.privateKey, { alg: 'RS256', kid: 'key-1', sub: 'user-2' })}`,
+    );
     expect(jwks.hits()).toBe(1);
   });
 
@@ -346,7 +359,10 @@ describe('JWKS URL (AUTH_JWKS_URL)', () => {
       await expectIssued(target, `Bearer ${token}`);
       expect(jwks.hits()).toBe(2);
       // The old key is gone from the served set: its tokens are refused now.
-      await expectUnauthenticated(target, `Bearer ${await makeToken(first.privateKey, { alg: 'RS256', kid: 'key-1' })}`);
+      await expectUnauthenticated(
+        target,
+        `Bearer ${await makeToken(first.privateKey, { alg: 'RS256', kid: 'key-1' })}`,
+      );
     } finally {
       clock.mockRestore();
     }
@@ -368,7 +384,10 @@ describe('JWKS URL unreachable', () => {
     // Only the 401 is asserted: the service tells "keys could not be fetched" apart by `error instanceof TypeError`,
     // which fetch's TypeError (from Node's realm) does not satisfy inside jest's vm context, so the detail and the
     // 'JWKS unreachable' warning differ here from production.
-    await expectUnauthenticated(target, `Bearer ${await makeToken(pair.privateKey, { alg: 'RS256', kid: 'nobody-knows' })}`);
+    await expectUnauthenticated(
+      target,
+      `Bearer ${await makeToken(pair.privateKey, { alg: 'RS256', kid: 'nobody-knows' })}`,
+    );
   });
 });
 
@@ -379,7 +398,8 @@ describe('AUTH_MODE=none (no key source, development)', () => {
     form.fields.uuid = 'client-chosen-uuid';
     return form;
   };
-  const fromIp = (target: TestService, ip: string) => postToken(target, noneForm(), { Authorization: '', 'X-Forwarded-For': ip });
+  const fromIp = (target: TestService, ip: string) =>
+    postToken(target, noneForm(), { Authorization: '', 'X-Forwarded-For': ip });
 
   describe('without TRUST_PROXY', () => {
     let target: TestService;
@@ -428,7 +448,12 @@ describe('AUTH_MODE=none (no key source, development)', () => {
       }
       // The caller is a pseudonym of the forwarded IP; the IP itself is not logged.
       expect(target.log.text()).not.toContain('198.51.100.1');
-      expect(target.log.lines().filter((line) => line.route === '/v1/biz-tokens').map((line) => line.user)).toEqual([
+      expect(
+        target.log
+          .lines()
+          .filter((line) => line.route === '/v1/biz-tokens')
+          .map((line) => line.user),
+      ).toEqual([
         expect.stringMatching(/^[0-9a-f]{64}$/),
         expect.stringMatching(/^[0-9a-f]{64}$/),
         expect.stringMatching(/^[0-9a-f]{64}$/),

@@ -3,10 +3,18 @@
  * closed connection), nothing reaches the sandbox, and the service keeps serving.
  */
 import { createServer, type Server } from 'node:http';
-import { connect, type AddressInfo, type Socket } from 'node:net';
+import { type AddressInfo, connect, type Socket } from 'node:net';
 import type supertest from 'supertest';
 import { jpeg } from './fixtures/images';
-import { expectProblem, expectProblemAnswer, postToken, signToken, startTestService, validForm, type TestService } from './helpers/test-service';
+import {
+  expectProblem,
+  expectProblemAnswer,
+  postToken,
+  signToken,
+  startTestService,
+  type TestService,
+  validForm,
+} from './helpers/test-service';
 
 let target: TestService;
 let server: Server;
@@ -63,7 +71,10 @@ const validParts = (): RawPart[] => [
 const multipartType = `multipart/form-data; boundary=${BOUNDARY}`;
 
 async function postRaw(contentType: string | undefined, body: Buffer | string): Promise<supertest.Response> {
-  let request = target.http().post('/v1/biz-tokens').set('Authorization', `Bearer ${await signToken()}`);
+  let request = target
+    .http()
+    .post('/v1/biz-tokens')
+    .set('Authorization', `Bearer ${await signToken()}`);
   if (contentType !== undefined) request = request.set('Content-Type', contentType);
   return request.send(body);
 }
@@ -125,7 +136,11 @@ async function openRaw(head: Record<string, string>): Promise<RawExchange> {
     });
     socket.on('close', finish);
   });
-  const lines = [`POST /v1/biz-tokens HTTP/1.1`, `Host: 127.0.0.1:${port}`, `Authorization: Bearer ${await signToken()}`];
+  const lines = [
+    `POST /v1/biz-tokens HTTP/1.1`,
+    `Host: 127.0.0.1:${port}`,
+    `Authorization: Bearer ${await signToken()}`,
+  ];
   for (const [name, value] of Object.entries(head)) lines.push(`${name}: ${value}`);
   socket.write(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
   return { socket, answer, answered: () => done };
@@ -165,7 +180,11 @@ function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
  */
 async function sendChunkedUpload(fileBytes: number, { finish = true, waitMs = 20_000 } = {}): Promise<RawAnswer> {
   const exchange = await openRaw({ 'Content-Type': multipartType, 'Transfer-Encoding': 'chunked' });
-  const chunked = (data: Buffer): Buffer[] => [Buffer.from(`${data.length.toString(16)}\r\n`, 'latin1'), data, Buffer.from('\r\n', 'latin1')];
+  const chunked = (data: Buffer): Buffer[] => [
+    Buffer.from(`${data.length.toString(16)}\r\n`, 'latin1'),
+    data,
+    Buffer.from('\r\n', 'latin1'),
+  ];
   const opening = Buffer.from(
     `--${BOUNDARY}\r\nContent-Disposition: form-data; name="comparison_type"\r\n\r\n0\r\n` +
       `--${BOUNDARY}\r\nContent-Disposition: form-data; name="liveness_type"\r\n\r\nmeglive\r\n` +
@@ -197,7 +216,10 @@ interface UpstreamMark {
   length: number;
   last: unknown;
 }
-const upstreamMark = (): UpstreamMark => ({ length: target.sandbox.received.length, last: target.sandbox.received.at(-1) });
+const upstreamMark = (): UpstreamMark => ({
+  length: target.sandbox.received.length,
+  last: target.sandbox.received.at(-1),
+});
 
 /** The shared strict problem check, for an answer read off a raw socket. */
 function expectRawProblem(answer: RawAnswer, status: number, code: string, param?: string | null): void {
@@ -215,7 +237,10 @@ async function expectUnharmed(before: UpstreamMark): Promise<void> {
   expect(upstreamMark()).toEqual(before);
   expect(target.sandbox.received.at(-1)).toBe(before.last);
   const response = await postToken(target, validForm());
-  expect({ status: response.status, body: response.body as unknown }).toMatchObject({ status: 201, body: { biz_token: expect.any(String) } });
+  expect({ status: response.status, body: response.body as unknown }).toMatchObject({
+    status: 201,
+    body: { biz_token: expect.any(String) },
+  });
   expect(target.sandbox.received.length).toBeGreaterThan(0);
   expect(target.sandbox.received.at(-1)).not.toBe(before.last);
 }
@@ -233,14 +258,18 @@ async function timed<T>(ms: number, send: () => Promise<T>): Promise<T> {
 describe('bodies that are not multipart/form-data', () => {
   test('when the body is JSON, then 415 UNSUPPORTED_MEDIA_TYPE and nothing goes upstream', async () => {
     const before = upstreamMark();
-    const response = await timed(QUICK_MS, () => postRaw('application/json', JSON.stringify({ comparison_type: '0', liveness_type: 'meglive' })));
+    const response = await timed(QUICK_MS, () =>
+      postRaw('application/json', JSON.stringify({ comparison_type: '0', liveness_type: 'meglive' })),
+    );
     expectProblem(response, 415, 'UNSUPPORTED_MEDIA_TYPE');
     await expectUnharmed(before);
   });
 
   test('when the body is urlencoded, then 415 UNSUPPORTED_MEDIA_TYPE and nothing goes upstream', async () => {
     const before = upstreamMark();
-    const response = await timed(QUICK_MS, () => postRaw('application/x-www-form-urlencoded', 'comparison_type=0&liveness_type=meglive'));
+    const response = await timed(QUICK_MS, () =>
+      postRaw('application/x-www-form-urlencoded', 'comparison_type=0&liveness_type=meglive'),
+    );
     expectProblem(response, 415, 'UNSUPPORTED_MEDIA_TYPE');
     await expectUnharmed(before);
   });
@@ -274,7 +303,10 @@ describe('broken multipart', () => {
 
   test('when the body is garbage under a valid boundary header, then 400 BAD_ARGUMENTS and nothing goes upstream', async () => {
     const before = upstreamMark();
-    const garbage = Buffer.from('this is not multipart at all\r\n\r\n--nope\r\n\u0000\u0001\u0002 junk junk junk\r\n', 'latin1');
+    const garbage = Buffer.from(
+      'this is not multipart at all\r\n\r\n--nope\r\n\u0000\u0001\u0002 junk junk junk\r\n',
+      'latin1',
+    );
     const response = await timed(QUICK_MS, () => postRaw(multipartType, garbage));
     expectProblem(response, 400, 'BAD_ARGUMENTS');
     await expectUnharmed(before);
@@ -294,14 +326,21 @@ describe('broken multipart', () => {
   });
 
   test('when a preamble comes before the first boundary and an epilogue after the last, then both are ignored and a token is issued', async () => {
-    const body = Buffer.concat([Buffer.from('a preamble no parser reads\r\n', 'latin1'), multipartBody(validParts()), Buffer.from('an epilogue', 'latin1')]);
+    const body = Buffer.concat([
+      Buffer.from('a preamble no parser reads\r\n', 'latin1'),
+      multipartBody(validParts()),
+      Buffer.from('an epilogue', 'latin1'),
+    ]);
     const response = await postRaw(multipartType, body);
     expect(response.status).toBe(201);
   });
 
   test('when the boundary has a character RFC 2046 does not allow, then 400 BAD_ARGUMENTS and nothing goes upstream', async () => {
     const before = upstreamMark();
-    const response = await postRaw('multipart/form-data; boundary=bad{boundary}', multipartBody(validParts(), 'bad{boundary}'));
+    const response = await postRaw(
+      'multipart/form-data; boundary=bad{boundary}',
+      multipartBody(validParts(), 'bad{boundary}'),
+    );
     expectProblem(response, 400, 'BAD_ARGUMENTS');
     await expectUnharmed(before);
   });
@@ -316,7 +355,10 @@ describe('broken multipart', () => {
 
   test('when a part carries more than 16 KiB of headers, then 400 BAD_ARGUMENTS and nothing goes upstream', async () => {
     const before = upstreamMark();
-    const padded = Buffer.from(`--${BOUNDARY}\r\nX-Padding: ${'p'.repeat(17 * 1024)}\r\nContent-Disposition: form-data; name="biz_no"\r\n\r\nx\r\n`, 'latin1');
+    const padded = Buffer.from(
+      `--${BOUNDARY}\r\nX-Padding: ${'p'.repeat(17 * 1024)}\r\nContent-Disposition: form-data; name="biz_no"\r\n\r\nx\r\n`,
+      'latin1',
+    );
     const response = await postRaw(multipartType, Buffer.concat([padded, multipartBody(validParts())]));
     expectProblem(response, 400, 'BAD_ARGUMENTS');
     await expectUnharmed(before);
@@ -324,14 +366,20 @@ describe('broken multipart', () => {
 
   test('when a text field is sent as a file through filename*, then 400 names it and nothing goes upstream', async () => {
     const before = upstreamMark();
-    const field = Buffer.from(`--${BOUNDARY}\r\nContent-Disposition: form-data; name="biz_no"; filename*=UTF-8''n.txt\r\n\r\nx\r\n`, 'latin1');
+    const field = Buffer.from(
+      `--${BOUNDARY}\r\nContent-Disposition: form-data; name="biz_no"; filename*=UTF-8''n.txt\r\n\r\nx\r\n`,
+      'latin1',
+    );
     const response = await postRaw(multipartType, Buffer.concat([field, multipartBody(validParts())]));
     expectProblem(response, 400, 'BAD_ARGUMENTS', 'biz_no');
     await expectUnharmed(before);
   });
 
   test('when the body opens with a line break before its first boundary (an empty preamble), then a token is issued', async () => {
-    const response = await postRaw(multipartType, Buffer.concat([Buffer.from('\r\n', 'latin1'), multipartBody(validParts())]));
+    const response = await postRaw(
+      multipartType,
+      Buffer.concat([Buffer.from('\r\n', 'latin1'), multipartBody(validParts())]),
+    );
     expect(response.status).toBe(201);
   });
 
@@ -340,17 +388,23 @@ describe('broken multipart', () => {
     const boundary = 'a:b';
     const headless = Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="biz_no"\r\n`, 'latin1');
     const parts = [{ name: 'liveness_timeout', value: '30' }, ...validParts()];
-    const response = await postRaw(`multipart/form-data; boundary="${boundary}"`, Buffer.concat([headless, multipartBody(parts, boundary)]));
+    const response = await postRaw(
+      `multipart/form-data; boundary="${boundary}"`,
+      Buffer.concat([headless, multipartBody(parts, boundary)]),
+    );
     expect(response.status).toBe(201);
     const forwarded = target.sandbox.received.at(-1)?.fields ?? {};
     expect(forwarded.biz_no).toEqual(['30']);
     expect(forwarded).not.toHaveProperty('liveness_timeout');
   });
 
-  test('when a part\'s headers are written unusually (Content-Type first, lower case, no spaces, an unquoted name), then its field is still read', async () => {
+  test("when a part's headers are written unusually (Content-Type first, lower case, no spaces, an unquoted name), then its field is still read", async () => {
     const before = upstreamMark();
     // liveness_timeout must be a number: a 400 naming it shows the part was read under its name.
-    const unusual = Buffer.from(`--${BOUNDARY}\r\ncontent-type: text/plain\r\ncontent-disposition:form-data;name=liveness_timeout\r\n\r\nsoon\r\n`, 'latin1');
+    const unusual = Buffer.from(
+      `--${BOUNDARY}\r\ncontent-type: text/plain\r\ncontent-disposition:form-data;name=liveness_timeout\r\n\r\nsoon\r\n`,
+      'latin1',
+    );
     const response = await postRaw(multipartType, Buffer.concat([unusual, multipartBody(validParts())]));
     expectProblem(response, 400, 'BAD_ARGUMENTS', 'liveness_timeout');
     await expectUnharmed(before);
@@ -360,14 +414,17 @@ describe('broken multipart', () => {
     ['empty and quoted', 'name=""', 'a part has no field name'],
     ['65 bytes long and quoted', `name="${'n'.repeat(65)}"`, 'a field name is too long'],
     ['65 bytes long and unquoted', `name=${'n'.repeat(65)}`, 'a field name is too long'],
-  ])('when a part\'s name is %s, then 400 BAD_ARGUMENTS says so and nothing goes upstream', async (_what, parameter, detail) => {
-    const before = upstreamMark();
-    const part = Buffer.from(`--${BOUNDARY}\r\nContent-Disposition: form-data; ${parameter}\r\n\r\nx\r\n`, 'latin1');
-    const response = await postRaw(multipartType, Buffer.concat([part, multipartBody(validParts())]));
-    expectProblem(response, 400, 'BAD_ARGUMENTS');
-    expect((response.body as { detail?: string }).detail).toContain(detail);
-    await expectUnharmed(before);
-  });
+  ])(
+    "when a part's name is %s, then 400 BAD_ARGUMENTS says so and nothing goes upstream",
+    async (_what, parameter, detail) => {
+      const before = upstreamMark();
+      const part = Buffer.from(`--${BOUNDARY}\r\nContent-Disposition: form-data; ${parameter}\r\n\r\nx\r\n`, 'latin1');
+      const response = await postRaw(multipartType, Buffer.concat([part, multipartBody(validParts())]));
+      expectProblem(response, 400, 'BAD_ARGUMENTS');
+      expect((response.body as { detail?: string }).detail).toContain(detail);
+      await expectUnharmed(before);
+    },
+  );
 
   /**
    * Part headers that parsers read differently. multer's parser (busboy) skips a part whose Content-Disposition
@@ -377,16 +434,23 @@ describe('broken multipart', () => {
   test.each([
     ['an unreadable Content-Disposition (name= with no value)', 'Content-Disposition: form-data; name=\r\n', undefined],
     ['two name parameters', 'Content-Disposition: form-data; name="biz_no"; name="liveness_timeout"\r\n', 'biz_no'],
-    ['two Content-Disposition headers', 'Content-Disposition: form-data; name="biz_no"\r\nContent-Disposition: form-data; name="liveness_timeout"\r\n', 'biz_no'],
-  ])('when a part has %s, then FaceID receives only the reading the service validated', async (_what, headers, readAs) => {
-    const part = Buffer.from(`--${BOUNDARY}\r\n${headers}\r\n30\r\n`, 'latin1');
-    const response = await postRaw(multipartType, Buffer.concat([part, multipartBody(validParts())]));
-    expect(response.status).toBe(201);
-    const forwarded = target.sandbox.received.at(-1)?.fields ?? {};
-    expect(forwarded).not.toHaveProperty('liveness_timeout');
-    if (readAs === undefined) expect(forwarded).not.toHaveProperty('biz_no');
-    else expect(forwarded[readAs]).toEqual(['30']);
-  });
+    [
+      'two Content-Disposition headers',
+      'Content-Disposition: form-data; name="biz_no"\r\nContent-Disposition: form-data; name="liveness_timeout"\r\n',
+      'biz_no',
+    ],
+  ])(
+    'when a part has %s, then FaceID receives only the reading the service validated',
+    async (_what, headers, readAs) => {
+      const part = Buffer.from(`--${BOUNDARY}\r\n${headers}\r\n30\r\n`, 'latin1');
+      const response = await postRaw(multipartType, Buffer.concat([part, multipartBody(validParts())]));
+      expect(response.status).toBe(201);
+      const forwarded = target.sandbox.received.at(-1)?.fields ?? {};
+      expect(forwarded).not.toHaveProperty('liveness_timeout');
+      if (readAs === undefined) expect(forwarded).not.toHaveProperty('biz_no');
+      else expect(forwarded[readAs]).toEqual(['30']);
+    },
+  );
 
   test('when a boundary line carries a megabyte of padding, then the part behind it is not read: 400 MISSING_ARGUMENTS and nothing goes upstream', async () => {
     const before = upstreamMark();
@@ -466,9 +530,13 @@ describe('oversized bodies', () => {
       'latin1',
     );
     const closing = Buffer.from(`\r\n--${BOUNDARY}--\r\n`, 'latin1');
-    const exchange = await openRaw({ 'Content-Type': multipartType, 'Content-Length': String(opening.length + 30 * MB + closing.length) });
+    const exchange = await openRaw({
+      'Content-Type': multipartType,
+      'Content-Length': String(opening.length + 30 * MB + closing.length),
+    });
     let open = await write(exchange.socket, opening);
-    for (let sent = 0; open && !exchange.answered() && sent < 30 * MB; sent += MB) open = await write(exchange.socket, ONE_MB_CHUNK);
+    for (let sent = 0; open && !exchange.answered() && sent < 30 * MB; sent += MB)
+      open = await write(exchange.socket, ONE_MB_CHUNK);
     if (open && !exchange.answered()) await write(exchange.socket, closing);
     const answer = await within(exchange.answer, 10_000, '30 MB sent whole');
     exchange.socket.destroy();
@@ -496,7 +564,9 @@ describe('oversized bodies', () => {
     const rssBefore = process.memoryUsage().rss;
     // Sampled during the uploads too, so memory held only while a request is in flight counts.
     let peak = rssBefore;
-    const sample = (): void => void (peak = Math.max(peak, process.memoryUsage().rss));
+    const sample = (): void => {
+      peak = Math.max(peak, process.memoryUsage().rss);
+    };
     const sampler = setInterval(sample, 10);
     try {
       for (let round = 0; round < 5; round += 1) {
@@ -614,8 +684,12 @@ describe('malformed values and shapes', () => {
 
   test('when 40 tiny files are sent, then 400 BAD_ARGUMENTS quickly and nothing goes upstream', async () => {
     const before = upstreamMark();
-    const parts: RawPart[] = [{ name: 'comparison_type', value: '0' }, { name: 'liveness_type', value: 'meglive' }];
-    for (let index = 0; index < 40; index += 1) parts.push({ name: 'image_ref1', value: Buffer.from([index]), filename: `${index}.jpg` });
+    const parts: RawPart[] = [
+      { name: 'comparison_type', value: '0' },
+      { name: 'liveness_type', value: 'meglive' },
+    ];
+    for (let index = 0; index < 40; index += 1)
+      parts.push({ name: 'image_ref1', value: Buffer.from([index]), filename: `${index}.jpg` });
     const response = await timed(QUICK_MS, () => postRaw(multipartType, multipartBody(parts)));
     expectProblem(response, 400, 'BAD_ARGUMENTS');
     await expectUnharmed(before);

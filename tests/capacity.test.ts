@@ -1,7 +1,14 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { expectProblem, postToken, signToken, startTestService, validForm, type TestService } from './helpers/test-service';
 import { MAX_REQUEST_BYTES } from '../src/faceid/parameters';
+import {
+  expectProblem,
+  postToken,
+  signToken,
+  startTestService,
+  type TestService,
+  validForm,
+} from './helpers/test-service';
 
 /** Capacity rules: the upstream queue, the circuit breaker and the memory bounds. */
 
@@ -29,7 +36,10 @@ describe('the upstream queue', () => {
 
   test('when a slot frees up within the queue timeout, then the waiting request is served', async () => {
     target = await startTestService({ FACEID_MAX_CONCURRENCY: '1', FACEID_QUEUE_TIMEOUT_MS: '3000' });
-    const [first, second] = await Promise.all([postToken(target, withBizNo('sandbox:latency=300')), postToken(target, validForm())]);
+    const [first, second] = await Promise.all([
+      postToken(target, withBizNo('sandbox:latency=300')),
+      postToken(target, validForm()),
+    ]);
     expect([first.status, second.status]).toEqual([201, 201]);
     expect(target.sandbox.received).toHaveLength(2);
   });
@@ -38,7 +48,11 @@ describe('the upstream queue', () => {
 describe('the circuit breaker', () => {
   let target: TestService;
   beforeEach(async () => {
-    target = await startTestService({ FACEID_BREAKER_FAILURES: '2', FACEID_BREAKER_OPEN_MS: '400', FACEID_MAX_RETRIES: '0' });
+    target = await startTestService({
+      FACEID_BREAKER_FAILURES: '2',
+      FACEID_BREAKER_OPEN_MS: '400',
+      FACEID_MAX_RETRIES: '0',
+    });
   });
   afterEach(() => target.close());
 
@@ -64,7 +78,13 @@ describe('the circuit breaker', () => {
     expect(await metric()).toBe('0');
     expect((await postToken(target)).status).toBe(201);
     const messages = target.log.lines().map((line) => line.msg);
-    expect(messages).toEqual(expect.arrayContaining([expect.stringContaining('circuit OPEN'), expect.stringContaining('half-open'), expect.stringContaining('circuit closed')]));
+    expect(messages).toEqual(
+      expect.arrayContaining([
+        expect.stringContaining('circuit OPEN'),
+        expect.stringContaining('half-open'),
+        expect.stringContaining('circuit closed'),
+      ]),
+    );
   });
 
   test('when the half-open probe fails, then the breaker opens again', async () => {
@@ -78,7 +98,7 @@ describe('the circuit breaker', () => {
     expect(target.sandbox.received).toHaveLength(3);
   });
 
-  test('when FaceID keeps refusing the service\'s credentials, then callers keep seeing 502 UPSTREAM_REJECTED and the breaker stays closed', async () => {
+  test("when FaceID keeps refusing the service's credentials, then callers keep seeing 502 UPSTREAM_REJECTED and the breaker stays closed", async () => {
     target.sandbox.setScenario({ outcome: 'API_KEY_BE_DISCONTINUED', times: undefined, latencyMs: 0 });
     for (let index = 0; index < 4; index += 1) {
       const answer = await postToken(target);
@@ -111,7 +131,8 @@ describe('the circuit breaker', () => {
   });
 
   test('when FaceID answers client errors such as NO_FACE_FOUND, then the breaker stays closed', async () => {
-    for (let index = 0; index < 4; index += 1) expect((await postToken(target, withBizNo('sandbox:NO_FACE_FOUND'))).status).toBe(400);
+    for (let index = 0; index < 4; index += 1)
+      expect((await postToken(target, withBizNo('sandbox:NO_FACE_FOUND'))).status).toBe(400);
     expect((await postToken(target)).status).toBe(201);
     expect(await metric()).toBe('0');
   });
@@ -140,7 +161,9 @@ describe('memory bounds', () => {
   const upload = async (totalBytes: number, announce: boolean): Promise<{ status: number; body: string }> => {
     const token = await signToken();
     const boundary = 'capacity-test-boundary';
-    const head = Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="image_ref1"; filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`);
+    const head = Buffer.from(
+      `--${boundary}\r\nContent-Disposition: form-data; name="image_ref1"; filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`,
+    );
     const chunk = Buffer.alloc(1024 * 1024, 0x41);
     return new Promise((resolve, reject) => {
       const request = http.request({
@@ -205,7 +228,11 @@ describe('memory bounds', () => {
         port,
         method: 'POST',
         path: '/v1/biz-tokens',
-        headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'multipart/form-data; boundary=x', 'Content-Length': String(bytes) },
+        headers: {
+          Authorization: `Bearer ${token}`,
+          'Content-Type': 'multipart/form-data; boundary=x',
+          'Content-Length': String(bytes),
+        },
       });
       holder.on('error', () => undefined);
       holder.flushHeaders();
@@ -230,7 +257,11 @@ describe('memory bounds', () => {
         port,
         method: 'POST',
         path: '/v1/biz-tokens',
-        headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'multipart/form-data; boundary=x', 'Content-Length': String(bytes) },
+        headers: {
+          Authorization: `Bearer ${token}`,
+          'Content-Type': 'multipart/form-data; boundary=x',
+          'Content-Length': String(bytes),
+        },
       });
       request.on('error', () => undefined);
       request.flushHeaders();

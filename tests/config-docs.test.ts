@@ -9,24 +9,28 @@ const envExample = readFileSync(path.join(root, '.env.example'), 'utf8');
 const variables = documentedVariables();
 
 describe('the configuration documents', () => {
-  test('when the README lists the configuration, then its rows are exactly the schema\'s variables, defaults and meanings', () => {
+  test("when the README lists the configuration, then its rows are exactly the schema's variables, defaults and meanings", () => {
     const section = readme.slice(readme.indexOf('\n## Configuration'), readme.indexOf('\n## Operations'));
-    const rows = [...section.matchAll(/^\| `([A-Z0-9_]+)` \| (.+?) \| (.+) \|$/gm)].map(([, name, shownDefault, meaning]) => ({
-      name,
-      defaultValue: shownDefault === '(unset)' ? undefined : shownDefault?.replace(/^`|`$/g, ''),
-      description: meaning?.replace(/\\\|/g, '|'),
-    }));
+    const rows = [...section.matchAll(/^\| `([A-Z0-9_]+)` \| (.+?) \| (.+) \|$/gm)].map(
+      ([, name, shownDefault, meaning]) => ({
+        name,
+        defaultValue: shownDefault === '(unset)' ? undefined : shownDefault?.replace(/^`|`$/g, ''),
+        description: meaning?.replace(/\\\|/g, '|'),
+      }),
+    );
     expect(rows.sort((a, b) => String(a.name).localeCompare(String(b.name)))).toEqual(
       [...variables].sort((a, b) => a.name.localeCompare(b.name)),
     );
   });
 
   test('when .env.example lists the configuration, then every variable stands with its default under its meaning, and nothing else', () => {
-    const entries = [...envExample.matchAll(/^# (.+)\n# ([A-Z0-9_]+)=(.*)$/gm)].map(([, description, name, defaultValue]) => ({
-      name,
-      defaultValue: defaultValue === '' ? undefined : defaultValue,
-      description,
-    }));
+    const entries = [...envExample.matchAll(/^# (.+)\n# ([A-Z0-9_]+)=(.*)$/gm)].map(
+      ([, description, name, defaultValue]) => ({
+        name,
+        defaultValue: defaultValue === '' ? undefined : defaultValue,
+        description,
+      }),
+    );
     expect(entries).toEqual(variables);
     const assigned = [...envExample.matchAll(/^#? ?([A-Z0-9_]+)=/gm)].map(([, name]) => name);
     expect(assigned).toEqual(variables.map((variable) => variable.name));

@@ -87,7 +87,10 @@ describe('loadConfig defaults', () => {
   });
 
   test('when a key and secret are set, then they become the FaceID credentials', () => {
-    expect(loadConfig({ FACEID_API_KEY: 'k', FACEID_API_SECRET: 's' }).faceid.credentials).toEqual({ apiKey: 'k', apiSecret: 's' });
+    expect(loadConfig({ FACEID_API_KEY: 'k', FACEID_API_SECRET: 's' }).faceid.credentials).toEqual({
+      apiKey: 'k',
+      apiSecret: 's',
+    });
   });
 
   test('when the policy variables are set, then they are parsed as lists and levels', () => {
@@ -97,7 +100,12 @@ describe('loadConfig defaults', () => {
       POLICY_SECURITY_LEVEL: '4',
       POLICY_FORCE_COMPARE: '1',
     });
-    expect(config.policy).toEqual({ livenessTypes: ['still', 'meglive'], comparisonTypes: ['1'], securityLevel: '4', forceCompare: '1' });
+    expect(config.policy).toEqual({
+      livenessTypes: ['still', 'meglive'],
+      comparisonTypes: ['1'],
+      securityLevel: '4',
+      forceCompare: '1',
+    });
   });
 
   test('when empty-string variables are set (VAR= in an .env file), then they count as unset', () => {
@@ -140,39 +148,48 @@ describe('loadConfig defaults', () => {
 });
 
 describe('loadConfig refuses bad values, naming the variable', () => {
-  test.each(([
-    ['PORT', { PORT: 'abc' }],
-    ['PORT', { PORT: '70000' }],
-    ['FACEID_TIMEOUT_MS', { FACEID_TIMEOUT_MS: '5' }],
-    ['FACEID_MAX_RETRIES', { FACEID_MAX_RETRIES: '-1' }],
-    ['RATE_LIMIT_MAX', { RATE_LIMIT_MAX: '0' }],
-    ['RATE_LIMIT_WINDOW_SECONDS', { RATE_LIMIT_WINDOW_SECONDS: '1.5' }],
-    ['POLICY_LIVENESS_TYPES', { POLICY_LIVENESS_TYPES: 'foo' }],
-    ['POLICY_LIVENESS_TYPES', { POLICY_LIVENESS_TYPES: 'meglive,foo' }],
-    ['POLICY_COMPARISON_TYPES', { POLICY_COMPARISON_TYPES: ' , ' }],
-    ['POLICY_COMPARISON_TYPES', { POLICY_COMPARISON_TYPES: '2' }],
-    ['POLICY_SECURITY_LEVEL', { POLICY_SECURITY_LEVEL: '5' }],
-    ['POLICY_FORCE_COMPARE', { POLICY_FORCE_COMPARE: 'yes' }],
-    ['FACEID_BASE_URL', { FACEID_BASE_URL: 'ftp://x' }],
-    ['FACEID_BASE_URL', { FACEID_BASE_URL: 'not a url' }],
-    ['FACEID_BASE_URL', { FACEID_BASE_URL: 'https://user:secret@api.megvii.com' }],
-    ['LOG_LEVEL', { LOG_LEVEL: 'loud' }],
-    ['TRUST_PROXY', { TRUST_PROXY: 'not-an-ip' }],
-    ['TRUST_PROXY', { TRUST_PROXY: 'loopback,10.0.0.300' }],
-    ['REDIS_URL', { REDIS_URL: 'http://x' }],
-    ['AUTH_JWT_SECRET', { AUTH_JWT_SECRET: 'too-short' }],
-    ['AUTH_JWKS_URL', { AUTH_JWKS_URL: 'ftp://idp.example.test/jwks' }],
-    ['UUID_SALT', { UUID_SALT: 'short' }],
-    ['METRICS_PORT', { METRICS_PORT: '3000' }],
-    ['METRICS_PORT', { PORT: '8080', METRICS_PORT: '8080' }],
-    ['NODE_ENV', { NODE_ENV: 'staging' }],
-    ['AUTH_MODE', { AUTH_MODE: 'basic' }],
-  ] as Array<[string, Env]>).map(([variable, env]) => [env, variable] as [Env, string]))('when the environment is %j, then a problem names %s', (env, variable) => {
+  test.each(
+    (
+      [
+        ['PORT', { PORT: 'abc' }],
+        ['PORT', { PORT: '70000' }],
+        ['FACEID_TIMEOUT_MS', { FACEID_TIMEOUT_MS: '5' }],
+        ['FACEID_MAX_RETRIES', { FACEID_MAX_RETRIES: '-1' }],
+        ['RATE_LIMIT_MAX', { RATE_LIMIT_MAX: '0' }],
+        ['RATE_LIMIT_WINDOW_SECONDS', { RATE_LIMIT_WINDOW_SECONDS: '1.5' }],
+        ['POLICY_LIVENESS_TYPES', { POLICY_LIVENESS_TYPES: 'foo' }],
+        ['POLICY_LIVENESS_TYPES', { POLICY_LIVENESS_TYPES: 'meglive,foo' }],
+        ['POLICY_COMPARISON_TYPES', { POLICY_COMPARISON_TYPES: ' , ' }],
+        ['POLICY_COMPARISON_TYPES', { POLICY_COMPARISON_TYPES: '2' }],
+        ['POLICY_SECURITY_LEVEL', { POLICY_SECURITY_LEVEL: '5' }],
+        ['POLICY_FORCE_COMPARE', { POLICY_FORCE_COMPARE: 'yes' }],
+        ['FACEID_BASE_URL', { FACEID_BASE_URL: 'ftp://x' }],
+        ['FACEID_BASE_URL', { FACEID_BASE_URL: 'not a url' }],
+        ['FACEID_BASE_URL', { FACEID_BASE_URL: 'https://user:secret@api.megvii.com' }],
+        ['LOG_LEVEL', { LOG_LEVEL: 'loud' }],
+        ['TRUST_PROXY', { TRUST_PROXY: 'not-an-ip' }],
+        ['TRUST_PROXY', { TRUST_PROXY: 'loopback,10.0.0.300' }],
+        ['REDIS_URL', { REDIS_URL: 'http://x' }],
+        ['AUTH_JWT_SECRET', { AUTH_JWT_SECRET: 'too-short' }],
+        ['AUTH_JWKS_URL', { AUTH_JWKS_URL: 'ftp://idp.example.test/jwks' }],
+        ['UUID_SALT', { UUID_SALT: 'short' }],
+        ['METRICS_PORT', { METRICS_PORT: '3000' }],
+        ['METRICS_PORT', { PORT: '8080', METRICS_PORT: '8080' }],
+        ['NODE_ENV', { NODE_ENV: 'staging' }],
+        ['AUTH_MODE', { AUTH_MODE: 'basic' }],
+      ] as Array<[string, Env]>
+    ).map(([variable, env]) => [env, variable] as [Env, string]),
+  )('when the environment is %j, then a problem names %s', (env, variable) => {
     expectProblemFor(env, variable);
   });
 
   test('when the values are fine, then the same variables load (the refusals above are about the values)', () => {
-    const config = loadConfig({ PORT: '8080', METRICS_PORT: '9100', REDIS_URL: 'rediss://cache.internal:6380', TRUST_PROXY: '10.1.2.3' });
+    const config = loadConfig({
+      PORT: '8080',
+      METRICS_PORT: '9100',
+      REDIS_URL: 'rediss://cache.internal:6380',
+      TRUST_PROXY: '10.1.2.3',
+    });
     expect(config.port).toBe(8080);
     expect(config.metricsPort).toBe(9100);
     expect(config.redis.url).toBe('rediss://cache.internal:6380');
@@ -187,7 +204,12 @@ describe('loadConfig refuses bad values, naming the variable', () => {
   });
 
   test('when cross-variable problems come together, then every one is reported at once', () => {
-    const problems = problemsOf({ TRUST_PROXY: 'not-an-ip', REDIS_URL: 'http://x', METRICS_PORT: '3000', FACEID_API_KEY: 'k' });
+    const problems = problemsOf({
+      TRUST_PROXY: 'not-an-ip',
+      REDIS_URL: 'http://x',
+      METRICS_PORT: '3000',
+      FACEID_API_KEY: 'k',
+    });
     for (const variable of ['TRUST_PROXY', 'REDIS_URL', 'METRICS_PORT', 'FACEID_API_SECRET']) {
       expect(problems).toEqual(expect.arrayContaining([expect.stringMatching(naming(variable))]));
     }
@@ -227,7 +249,10 @@ describe('loadConfig FaceID credentials', () => {
   });
 
   test('when FACEID_API_SECRET_FILE names a missing file, then a problem names it', () => {
-    const problems = expectProblemFor({ FACEID_API_KEY: 'k', FACEID_API_SECRET_FILE: join(dir, 'missing') }, 'FACEID_API_SECRET_FILE');
+    const problems = expectProblemFor(
+      { FACEID_API_KEY: 'k', FACEID_API_SECRET_FILE: join(dir, 'missing') },
+      'FACEID_API_SECRET_FILE',
+    );
     expect(problems.join('\n')).toMatch(/ENOENT/);
   });
 
@@ -243,7 +268,10 @@ describe('loadConfig FaceID credentials', () => {
   test('when both FACEID_API_SECRET and FACEID_API_SECRET_FILE are set, then it is refused', () => {
     const file = join(dir, 'both');
     writeFileSync(file, 'file-held-secret\n');
-    expectProblemFor({ FACEID_API_KEY: 'k', FACEID_API_SECRET: 's', FACEID_API_SECRET_FILE: file }, 'FACEID_API_SECRET_FILE');
+    expectProblemFor(
+      { FACEID_API_KEY: 'k', FACEID_API_SECRET: 's', FACEID_API_SECRET_FILE: file },
+      'FACEID_API_SECRET_FILE',
+    );
   });
 
   test('when a key is set without a secret, then FACEID_API_SECRET is named', () => {
@@ -255,7 +283,10 @@ describe('loadConfig FaceID credentials', () => {
   });
 
   test('when a configuration holding secrets is refused, then no problem line repeats a secret value', () => {
-    const problems = problemsOf({ FACEID_API_SECRET: 'very-secret-value-123', AUTH_JWT_SECRET: 'short-jwt-secret-xyz' });
+    const problems = problemsOf({
+      FACEID_API_SECRET: 'very-secret-value-123',
+      AUTH_JWT_SECRET: 'short-jwt-secret-xyz',
+    });
     expect(problems).toEqual(expect.arrayContaining([expect.stringMatching(naming('AUTH_JWT_SECRET'))]));
     expect(problems.join('\n')).not.toContain('very-secret-value-123');
     expect(problems.join('\n')).not.toContain('short-jwt-secret-xyz');
@@ -269,11 +300,17 @@ describe('loadConfig auth key sources', () => {
     expect(line).toBeDefined();
     expect(line).toMatch(/AUTH_JWT_SECRET/);
     expect(line).toMatch(/AUTH_JWT_PUBLIC_KEY/);
-    expectProblemFor({ AUTH_JWT_PUBLIC_KEY: PEM, AUTH_JWKS_URL: 'https://idp.example.test/jwks.json' }, '(AUTH_JWT_SECRET|AUTH_JWT_PUBLIC_KEY|AUTH_JWKS_URL|AUTH_MODE)');
+    expectProblemFor(
+      { AUTH_JWT_PUBLIC_KEY: PEM, AUTH_JWKS_URL: 'https://idp.example.test/jwks.json' },
+      '(AUTH_JWT_SECRET|AUTH_JWT_PUBLIC_KEY|AUTH_JWKS_URL|AUTH_MODE)',
+    );
   });
 
   test('when AUTH_JWT_PUBLIC_KEY is not a PEM public key, then it is named at load, not at the first request', () => {
-    expectProblemFor({ AUTH_JWT_PUBLIC_KEY: '-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----' }, 'AUTH_JWT_PUBLIC_KEY');
+    expectProblemFor(
+      { AUTH_JWT_PUBLIC_KEY: '-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----' },
+      'AUTH_JWT_PUBLIC_KEY',
+    );
   });
 
   test('when AUTH_MODE=jwt is set without a key source, then AUTH_MODE is named', () => {
@@ -286,7 +323,8 @@ describe('loadConfig auth key sources', () => {
 });
 
 describe('loadConfig in production', () => {
-  const without = (...names: string[]): Env => Object.fromEntries(Object.entries(PRODUCTION).filter(([name]) => !names.includes(name)));
+  const without = (...names: string[]): Env =>
+    Object.fromEntries(Object.entries(PRODUCTION).filter(([name]) => !names.includes(name)));
 
   test('when the production configuration is complete, then it loads with JWT auth, real credentials and the salt', () => {
     const config = loadConfig(PRODUCTION);

@@ -1,11 +1,11 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { cpSync, copyFileSync, mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { copyFileSync, cpSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { parse } from 'yaml';
-import { startChildService, type ChildService } from './helpers/child-service';
 import { jpeg } from './fixtures/images';
+import { type ChildService, startChildService } from './helpers/child-service';
 
 /**
  * No Docker engine runs here, so this does what the Dockerfile's final stage does: a production-only
@@ -30,7 +30,10 @@ beforeAll(async () => {
   copyFileSync(path.join(root, 'package-lock.json'), path.join(folder, 'package-lock.json'));
   cpSync(path.join(root, 'dist'), path.join(folder, 'dist'), { recursive: true });
   // The same command as the Dockerfile's final stage; the cache left by the main install keeps it local.
-  await run('npm', ['ci', '--omit=dev', '--ignore-scripts', '--prefer-offline', '--no-audit', '--no-fund'], { cwd: folder, timeout: 120_000 });
+  await run('npm', ['ci', '--omit=dev', '--ignore-scripts', '--prefer-offline', '--no-audit', '--no-fund'], {
+    cwd: folder,
+    timeout: 120_000,
+  });
 }, 150_000);
 
 afterAll(async () => {
@@ -49,13 +52,17 @@ describe('the container recipe', () => {
 
   test('when the image sets Node flags, then `npm start` passes the same ones', () => {
     const { NODE_OPTIONS: flags } = imageRuntimeSettings();
-    const { scripts } = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+    const { scripts } = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as {
+      scripts: Record<string, string>;
+    };
     expect(flags).toMatch(/^--max-semi-space-size=\d+$/);
     expect(scripts.start).toBe(`node ${flags} dist/server.js`);
   });
 
-  test('when the service and sandbox start with the compose environment and the image\'s runtime settings, then a biz_token comes back', async () => {
-    const compose = parse(readFileSync(path.join(root, 'docker-compose.yml'), 'utf8')) as { services: Record<string, ComposeService> };
+  test("when the service and sandbox start with the compose environment and the image's runtime settings, then a biz_token comes back", async () => {
+    const compose = parse(readFileSync(path.join(root, 'docker-compose.yml'), 'utf8')) as {
+      services: Record<string, ComposeService>;
+    };
     const sandboxSpec = compose.services['faceid-sandbox'];
     const serviceSpec = compose.services['token-service'];
     expect(sandboxSpec?.command).toEqual(['node', 'dist/sandbox/main.js']);
@@ -63,13 +70,21 @@ describe('the container recipe', () => {
     const sandboxPort = 31_000 + Math.floor(Math.random() * 2000);
     sandbox = spawn(process.execPath, [path.join(folder, 'dist', 'sandbox', 'main.js')], {
       cwd: folder,
-      env: { PATH: process.env.PATH ?? '', ...sandboxSpec?.environment, SANDBOX_HOST: '127.0.0.1', SANDBOX_PORT: String(sandboxPort) },
+      env: {
+        PATH: process.env.PATH ?? '',
+        ...sandboxSpec?.environment,
+        SANDBOX_HOST: '127.0.0.1',
+        SANDBOX_PORT: String(sandboxPort),
+      },
       stdio: 'ignore',
     });
     await waitFor(`http://127.0.0.1:${sandboxPort}/healthz`);
 
     const environment = { ...serviceSpec?.environment };
-    environment.FACEID_BASE_URL = (environment.FACEID_BASE_URL ?? '').replace('faceid-sandbox:3100', `127.0.0.1:${sandboxPort}`);
+    environment.FACEID_BASE_URL = (environment.FACEID_BASE_URL ?? '').replace(
+      'faceid-sandbox:3100',
+      `127.0.0.1:${sandboxPort}`,
+    );
     environment.REDIS_URL = (environment.REDIS_URL ?? '').replace('redis:6379', '127.0.0.1:6379');
     // Node refuses to start on a flag NODE_OPTIONS may not carry, so this also proves the image's flags start.
     service = await startChildService(
@@ -92,7 +107,9 @@ describe('the container recipe', () => {
 
 /** The runtime settings (glibc, V8) that the Dockerfile's final stage sets with ENV (values may be quoted). */
 function imageRuntimeSettings(): { MALLOC_MMAP_THRESHOLD_: string; NODE_OPTIONS: string } {
-  const lines = readFileSync(path.join(root, 'Dockerfile'), 'utf8').replace(/\\\r?\n/g, ' ').split(/\r?\n/);
+  const lines = readFileSync(path.join(root, 'Dockerfile'), 'utf8')
+    .replace(/\\\r?\n/g, ' ')
+    .split(/\r?\n/);
   const stageStarts = lines.flatMap((line, index) => (/^\s*FROM\s/i.test(line) ? [index] : []));
   const finalStage = lines.slice(stageStarts.at(-1) ?? 0);
   const set = new Map<string, string>();
@@ -102,12 +119,12 @@ function imageRuntimeSettings(): { MALLOC_MMAP_THRESHOLD_: string; NODE_OPTIONS:
       set.set(name, value.startsWith('"') ? (JSON.parse(value) as string) : value);
     }
   }
-  const valueOf = (name: string): string => {
+  const settingOf = (name: string): string => {
     const value = set.get(name);
     if (value === undefined) throw new Error(`the Dockerfile's final stage sets no ${name}`);
     return value;
   };
-  return { MALLOC_MMAP_THRESHOLD_: valueOf('MALLOC_MMAP_THRESHOLD_'), NODE_OPTIONS: valueOf('NODE_OPTIONS') };
+  return { MALLOC_MMAP_THRESHOLD_: settingOf('MALLOC_MMAP_THRESHOLD_'), NODE_OPTIONS: settingOf('NODE_OPTIONS') };
 }
 
 async function waitFor(url: string): Promise<void> {

@@ -18,7 +18,9 @@ app.get('/not-an-error', () => {
   throw 'a string with the api_secret sk_live_123';
 });
 app.get('/client', () => {
-  throw new AppError(400, 'BAD_ARGUMENTS', 'liveness_timeout must be a whole number from 5 to 60', { param: 'liveness_timeout' });
+  throw new AppError(400, 'BAD_ARGUMENTS', 'liveness_timeout must be a whole number from 5 to 60', {
+    param: 'liveness_timeout',
+  });
 });
 app.get('/express-4xx', () => {
   throw Object.assign(new Error('request aborted'), { status: 400 });
@@ -50,7 +52,11 @@ describe('the error handler', () => {
   test('when a route throws an AppError, then its status, code, param and detail are the answer', async () => {
     const response = await supertest(app).get('/client');
     expect(response.status).toBe(400);
-    expect(response.body).toMatchObject({ code: 'BAD_ARGUMENTS', param: 'liveness_timeout', detail: 'liveness_timeout must be a whole number from 5 to 60' });
+    expect(response.body).toMatchObject({
+      code: 'BAD_ARGUMENTS',
+      param: 'liveness_timeout',
+      detail: 'liveness_timeout must be a whole number from 5 to 60',
+    });
   });
 
   test('when a library throws an error with a 4xx status, then the caller gets a 400 problem, not a 500', async () => {

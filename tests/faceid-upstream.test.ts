@@ -5,17 +5,17 @@ import { decodeSign } from '../src/faceid/sign';
 import { jpeg } from './fixtures/images';
 import { freePort } from './helpers/free-port';
 import {
+  cleanupAfter,
   expectProblem as expectStrictProblem,
   postToken,
   SANDBOX_KEY,
   SANDBOX_SECRET,
   startTestSandbox,
   startTestService,
-  validForm,
-  validIdcardForm,
   type TestService,
   type TokenForm,
-  cleanupAfter,
+  validForm,
+  validIdcardForm,
 } from './helpers/test-service';
 
 /**
@@ -59,7 +59,12 @@ const FACEID_INTERNALS = [
  * The shared strict problem check (param absent unless given), plus: the body has no key beyond the
  * problem's own, so nothing of FaceID's answer is passed through.
  */
-function expectProblem(response: supertest.Response, status: number, code: string, param: string | null = null): Record<string, unknown> {
+function expectProblem(
+  response: supertest.Response,
+  status: number,
+  code: string,
+  param: string | null = null,
+): Record<string, unknown> {
   const body = expectStrictProblem(response, status, code, param);
   expect(Object.keys(body).filter((key) => !PROBLEM_KEYS.includes(key))).toEqual([]);
   return body;
@@ -69,7 +74,8 @@ function expectProblem(response: supertest.Response, status: number, code: strin
 function expectNoLeak(response: supertest.Response, target: TestService, secrets: string[] = []): void {
   const text = response.text;
   for (const word of [...FACEID_INTERNALS, SANDBOX_KEY, SANDBOX_SECRET, ...secrets]) expect(text).not.toContain(word);
-  for (const received of target.sandbox.received) for (const sign of received.fields.sign ?? []) expect(text).not.toContain(sign);
+  for (const received of target.sandbox.received)
+    for (const sign of received.fields.sign ?? []) expect(text).not.toContain(sign);
   expect(text).not.toMatch(/stack|\n\s+at |\(\/.*:\d+:\d+\)/i);
   // FaceID's request_id format (`<unix seconds>,<uuid>`) is not ours.
   expect(text).not.toMatch(/\d{10},[0-9a-f]{8}-/);
@@ -144,18 +150,21 @@ describe('FaceID busy: retried, then 503 UPSTREAM_BUSY with Retry-After', () => 
   test.each([
     ['403 CONCURRENCY_LIMIT_EXCEEDED', 'sandbox:CONCURRENCY_LIMIT_EXCEEDED'],
     ['429 CONCURRENCY_LIMIT_EXCEEDED', 'sandbox:CONCURRENCY_LIMIT_EXCEEDED_429'],
-  ])('when FaceID keeps answering %s, then after 1 + FACEID_MAX_RETRIES attempts it answers 503 UPSTREAM_BUSY with Retry-After', async (_what, bizNo) => {
-    const target = await start({ FACEID_MAX_RETRIES: '2' });
-    const response = await postToken(target, withBizNo(bizNo));
-    expectProblem(response, 503, 'UPSTREAM_BUSY');
-    expect(response.headers['retry-after']).toMatch(/^[1-9]\d*$/);
-    expectNoLeak(response, target);
-    expect(target.sandbox.received).toHaveLength(3);
-  });
+  ])(
+    'when FaceID keeps answering %s, then after 1 + FACEID_MAX_RETRIES attempts it answers 503 UPSTREAM_BUSY with Retry-After',
+    async (_what, bizNo) => {
+      const target = await start({ FACEID_MAX_RETRIES: '2' });
+      const response = await postToken(target, withBizNo(bizNo));
+      expectProblem(response, 503, 'UPSTREAM_BUSY');
+      expect(response.headers['retry-after']).toMatch(/^[1-9]\d*$/);
+      expectNoLeak(response, target);
+      expect(target.sandbox.received).toHaveLength(3);
+    },
+  );
 });
 
 describe('FaceID rejects the service itself: 502 UPSTREAM_REJECTED, details only in the log', () => {
-  test('when FaceID says the api key is discontinued, then it answers 502 UPSTREAM_REJECTED once, and the log keeps FaceID\'s reason', async () => {
+  test("when FaceID says the api key is discontinued, then it answers 502 UPSTREAM_REJECTED once, and the log keeps FaceID's reason", async () => {
     const target = await start();
     const response = await postToken(target, withBizNo('sandbox:API_KEY_BE_DISCONTINUED'));
     expectProblem(response, 502, 'UPSTREAM_REJECTED');
@@ -185,7 +194,7 @@ describe('FaceID rejects the service itself: 502 UPSTREAM_REJECTED, details only
     expect(sandbox.received).toHaveLength(0);
   });
 
-  test('when the service signs with a wrong api secret, then FaceID\'s AUTHENTICATION_ERROR becomes 502 UPSTREAM_REJECTED', async () => {
+  test("when the service signs with a wrong api secret, then FaceID's AUTHENTICATION_ERROR becomes 502 UPSTREAM_REJECTED", async () => {
     const wrongSecret = 'wrong-secret-never-to-be-shown';
     const target = await start({ FACEID_API_SECRET: wrongSecret });
     const response = await postToken(target, validForm());
@@ -236,9 +245,13 @@ describe('FaceID broken or unreachable: 502 UPSTREAM_ERROR / 504 UPSTREAM_TIMEOU
     expect(logLineOf(target, response).upstream).toMatchObject({ attempts: 1, faceidError: unknown });
   });
 
-  test('when nothing listens on FACEID_BASE_URL\'s port, then the refused connections are retried and it answers 502 UPSTREAM_ERROR quickly', async () => {
+  test("when nothing listens on FACEID_BASE_URL's port, then the refused connections are retried and it answers 502 UPSTREAM_ERROR quickly", async () => {
     const port = await freePort();
-    const target = await start({ FACEID_BASE_URL: `http://127.0.0.1:${port}`, FACEID_MAX_RETRIES: '2', FACEID_TIMEOUT_MS: '3000' });
+    const target = await start({
+      FACEID_BASE_URL: `http://127.0.0.1:${port}`,
+      FACEID_MAX_RETRIES: '2',
+      FACEID_TIMEOUT_MS: '3000',
+    });
     const { result: response, ms } = await timed(() => postToken(target, validForm()));
     expectProblem(response, 502, 'UPSTREAM_ERROR');
     expectNoLeak(response, target, ['ECONNREFUSED', `127.0.0.1:${port}`]);
@@ -310,7 +323,10 @@ describe('retries', () => {
       expect(Math.abs(decoded!.currentTime - now)).toBeLessThan(5);
       expect(decoded!.expireTime).toBeGreaterThan(decoded!.currentTime);
     }
-    expect(target.sandbox.received.map((received) => received.fields.sign_version)).toEqual([['hmac_sha1'], ['hmac_sha1']]);
+    expect(target.sandbox.received.map((received) => received.fields.sign_version)).toEqual([
+      ['hmac_sha1'],
+      ['hmac_sha1'],
+    ]);
   });
 
   test('when FaceID fails twice and FACEID_MAX_RETRIES is 2, then the third attempt succeeds', async () => {
@@ -355,7 +371,9 @@ describe('retries', () => {
     // backoff (under 100 ms), so the second attempt always starts, and it could only end after 1400 ms:
     // the 1000 ms deadline always falls inside it, whatever the jitter.
     const target = await start({ FACEID_TIMEOUT_MS: '1000', FACEID_MAX_RETRIES: '10' });
-    const { result: response, ms } = await timed(() => postToken(target, withBizNo('sandbox:latency=700,INTERNAL_ERROR')));
+    const { result: response, ms } = await timed(() =>
+      postToken(target, withBizNo('sandbox:latency=700,INTERNAL_ERROR')),
+    );
     expectProblem(response, 504, 'UPSTREAM_TIMEOUT');
     expect(ms).toBeGreaterThanOrEqual(950);
     // Waiting for the second attempt's own answer would take at least 1400 ms.
@@ -400,6 +418,7 @@ describe('the request log line', () => {
     expect((line.upstream as Record<string, unknown> | undefined)?.attempts).toBe(2);
     const text = target.log.text();
     expect(text).not.toContain(SANDBOX_SECRET);
-    for (const received of target.sandbox.received) expect(text).not.toContain(received.fields.sign?.[0] ?? '<no sign>');
+    for (const received of target.sandbox.received)
+      expect(text).not.toContain(received.fields.sign?.[0] ?? '<no sign>');
   });
 });

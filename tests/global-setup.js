@@ -25,19 +25,30 @@ function redisAnswers() {
 
 module.exports = async () => {
   const root = path.join(__dirname, '..');
-  execFileSync(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', path.join(root, 'tsconfig.build.json')], { cwd: root, stdio: 'inherit' });
+  execFileSync(
+    process.execPath,
+    [require.resolve('typescript/bin/tsc'), '-p', path.join(root, 'tsconfig.build.json')],
+    { cwd: root, stdio: 'inherit' },
+  );
 
   if (await redisAnswers()) return;
   let redis;
   try {
-    redis = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(REDIS_PORT), '--save', '', '--appendonly', 'no'], { stdio: 'ignore', detached: true });
+    redis = spawn(
+      'redis-server',
+      ['--bind', '127.0.0.1', '--port', String(REDIS_PORT), '--save', '', '--appendonly', 'no'],
+      { stdio: 'ignore', detached: true },
+    );
     await new Promise((resolve, reject) => {
       redis.once('error', reject);
       redis.once('spawn', resolve);
     });
   } catch {
-    throw new Error('The tests need Redis on 127.0.0.1:6379 and no redis-server could be started: install it (apt-get install redis-server).');
+    throw new Error(
+      'The tests need Redis on 127.0.0.1:6379 and no redis-server could be started: install it (apt-get install redis-server).',
+    );
   }
-  for (let attempt = 0; attempt < 50 && !(await redisAnswers()); attempt += 1) await new Promise((resolve) => setTimeout(resolve, 100));
+  for (let attempt = 0; attempt < 50 && !(await redisAnswers()); attempt += 1)
+    await new Promise((resolve) => setTimeout(resolve, 100));
   globalThis.__startedRedis = redis.pid;
 };

@@ -2,8 +2,16 @@ import { spawn } from 'node:child_process';
 import http from 'node:http';
 import supertest from 'supertest';
 import type { Sandbox } from '../src/sandbox/sandbox-server';
-import { SERVER_ENTRY, startChildService, targetOf, type ChildService } from './helpers/child-service';
-import { postToken, SANDBOX_KEY, SANDBOX_SECRET, signToken, startTestSandbox, TEST_JWT_SECRET, validForm } from './helpers/test-service';
+import { type ChildService, SERVER_ENTRY, startChildService, targetOf } from './helpers/child-service';
+import {
+  postToken,
+  SANDBOX_KEY,
+  SANDBOX_SECRET,
+  signToken,
+  startTestSandbox,
+  TEST_JWT_SECRET,
+  validForm,
+} from './helpers/test-service';
 
 /**
  * Issue 4 item 6 and CONTRACT section 5 (SIGTERM: stop accepting, finish in-flight requests, exit 0), on the
@@ -111,7 +119,10 @@ describe('graceful shutdown of the real process', () => {
     const answer = await inFlight;
     expect(answer).not.toBeInstanceOf(Error);
     const response = answer as supertest.Response;
-    expect({ status: response.status, body: response.body as unknown }).toMatchObject({ status: 201, body: { biz_token: expect.any(String) } });
+    expect({ status: response.status, body: response.body as unknown }).toMatchObject({
+      status: 201,
+      body: { biz_token: expect.any(String) },
+    });
     expect(sandbox.received).toHaveLength(1);
 
     expect(await child.exited).toBe(0);
@@ -121,7 +132,9 @@ describe('graceful shutdown of the real process', () => {
     expect(messages.some((msg) => msg === 'stopped')).toBe(true);
     // The request was logged (not lost to the exit), and finished before the service said it stopped.
     const lines = logLines(child);
-    const requestLine = lines.find((line) => line.request_id === response.headers['x-request-id'] && 'latency_ms' in line);
+    const requestLine = lines.find(
+      (line) => line.request_id === response.headers['x-request-id'] && 'latency_ms' in line,
+    );
     const stoppedLine = lines.find((line) => line.msg === 'stopped');
     expect(requestLine).toMatchObject({ route: '/v1/biz-tokens', code: 'OK', res: { statusCode: 201 } });
     expect(Date.parse(String(requestLine?.time))).toBeLessThanOrEqual(Date.parse(String(stoppedLine?.time)));
@@ -133,9 +146,13 @@ describe('graceful shutdown of the real process', () => {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     opened.push(async () => agent.destroy());
     const form = validForm();
-    let request = supertest(child.url).post('/v1/biz-tokens').agent(agent).set('Authorization', `Bearer ${await signToken()}`);
+    let request = supertest(child.url)
+      .post('/v1/biz-tokens')
+      .agent(agent)
+      .set('Authorization', `Bearer ${await signToken()}`);
     for (const [name, value] of Object.entries(form.fields)) request = request.field(name, value);
-    for (const [name, bytes] of Object.entries(form.files)) request = request.attach(name, bytes, { filename: `${name}.jpg`, contentType: 'image/jpeg' });
+    for (const [name, bytes] of Object.entries(form.files))
+      request = request.attach(name, bytes, { filename: `${name}.jpg`, contentType: 'image/jpeg' });
     const answer = request.then((response) => response);
     await sleep(300);
     const signalled = Date.now();
@@ -191,7 +208,13 @@ describe('graceful shutdown of the real process', () => {
     const started = logLines(child).find((line) => line.msg === 'faceid-token-service listening');
     // The api_key only begins: enough to tell which account, not enough to use it.
     const keyStart = `${SANDBOX_KEY.slice(0, 4)}…`;
-    expect(started).toMatchObject({ level: 30, config: { faceid: { baseUrl: sandbox.url, apiKey: keyStart, apiSecret: 'set' }, auth: { mode: 'jwt', jwtSecret: 'set' } } });
+    expect(started).toMatchObject({
+      level: 30,
+      config: {
+        faceid: { baseUrl: sandbox.url, apiKey: keyStart, apiSecret: 'set' },
+        auth: { mode: 'jwt', jwtSecret: 'set' },
+      },
+    });
     for (const secret of [SANDBOX_KEY, SANDBOX_SECRET, TEST_JWT_SECRET]) expect(output).not.toContain(secret);
   });
 
@@ -211,7 +234,9 @@ async function signalAtFirstLine(): Promise<{ code: number | null; signal: NodeJ
     env: { PATH: process.env.PATH ?? '', NODE_ENV: 'test', PORT: '0', LOG_LEVEL: 'info' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
   opened.push(async () => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await exited;

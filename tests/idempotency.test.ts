@@ -4,7 +4,18 @@ import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import type supertest from 'supertest';
 import { jpeg } from './fixtures/images';
-import { expectProblem, expectProblemAnswer, postToken, signToken, startTestService, uniquePrefix, validForm, type ProblemAnswer, type TestService, type TokenForm } from './helpers/test-service';
+import {
+  expectProblem,
+  expectProblemAnswer,
+  type ProblemAnswer,
+  postToken,
+  signToken,
+  startTestService,
+  type TestService,
+  type TokenForm,
+  uniquePrefix,
+  validForm,
+} from './helpers/test-service';
 
 /**
  * Issue 3, "Idempotency-Key" (CONTRACT section 1): keyed by (user, key), "same body" decided by a
@@ -32,7 +43,12 @@ afterAll(async () => {
 const newUser = (): string => `user-${randomUUID()}`;
 const newKey = (): string => `key-${randomUUID()}`;
 
-async function post(target: TestService, sub: string, key: string | undefined, form: TokenForm = validForm()): Promise<supertest.Response> {
+async function post(
+  target: TestService,
+  sub: string,
+  key: string | undefined,
+  form: TokenForm = validForm(),
+): Promise<supertest.Response> {
   const headers: Record<string, string> = { Authorization: `Bearer ${await signToken({ sub })}` };
   if (key !== undefined) headers['Idempotency-Key'] = key;
   return postToken(target, form, headers);
@@ -50,14 +66,22 @@ const receivedCount = (target: TestService): number => target.sandbox.received.l
  * Sends a token request with a header value that supertest (node's client checks) refuses to send as a
  * string: the bytes go out as they are, e.g. UTF-8 `ключ`.
  */
-async function rawPost(url: string, headers: Record<string, string>, form: TokenForm): Promise<ProblemAnswer & { status: number }> {
+async function rawPost(
+  url: string,
+  headers: Record<string, string>,
+  form: TokenForm,
+): Promise<ProblemAnswer & { status: number }> {
   const boundary = `----idem${randomUUID()}`;
   const parts: Buffer[] = [];
   for (const [name, value] of Object.entries(form.fields ?? {})) {
     parts.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\n${value}\r\n`));
   }
   for (const [name, bytes] of Object.entries(form.files ?? {})) {
-    parts.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${name}"; filename="${name}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`));
+    parts.push(
+      Buffer.from(
+        `--${boundary}\r\nContent-Disposition: form-data; name="${name}"; filename="${name}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`,
+      ),
+    );
     parts.push(bytes, Buffer.from('\r\n'));
   }
   parts.push(Buffer.from(`--${boundary}--\r\n`));
@@ -65,11 +89,24 @@ async function rawPost(url: string, headers: Record<string, string>, form: Token
   return new Promise((resolve, reject) => {
     const request = http.request(
       `${url}/v1/biz-tokens`,
-      { method: 'POST', headers: { ...headers, 'Content-Type': `multipart/form-data; boundary=${boundary}`, 'Content-Length': String(body.length) } },
+      {
+        method: 'POST',
+        headers: {
+          ...headers,
+          'Content-Type': `multipart/form-data; boundary=${boundary}`,
+          'Content-Length': String(body.length),
+        },
+      },
       (response) => {
         const chunks: Buffer[] = [];
         response.on('data', (chunk: Buffer) => chunks.push(chunk));
-        response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown }));
+        response.on('end', () =>
+          resolve({
+            status: response.statusCode ?? 0,
+            headers: response.headers,
+            body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown,
+          }),
+        );
       },
     );
     request.on('error', reject);
@@ -89,7 +126,13 @@ describe.each(STORES)('Idempotency-Key with the %s store', (kind, storeEnv) => {
   let url: string;
   beforeAll(async () => {
     prefix = freshPrefix();
-    target = await startTestService({ ...storeEnv, REDIS_KEY_PREFIX: prefix, RATE_LIMIT_MAX: '2', RATE_LIMIT_WINDOW_SECONDS: '60', FACEID_MAX_RETRIES: '2' });
+    target = await startTestService({
+      ...storeEnv,
+      REDIS_KEY_PREFIX: prefix,
+      RATE_LIMIT_MAX: '2',
+      RATE_LIMIT_WINDOW_SECONDS: '60',
+      FACEID_MAX_RETRIES: '2',
+    });
     const deadline = Date.now() + 3_000;
     while (kind === 'redis' && target.service.shared.state() !== 'ready') {
       if (Date.now() > deadline) throw new Error('the service did not reach Redis');
@@ -251,7 +294,11 @@ describe.each(STORES)('Idempotency-Key with the %s store', (kind, storeEnv) => {
       expectProblem(response, 400, 'BAD_ARGUMENTS', 'Idempotency-Key');
     }
     // Node's client refuses to send 'ключ' as a string; its UTF-8 bytes go out as they are.
-    const nonAscii = await rawPost(url, { Authorization: authorization, 'Idempotency-Key': Buffer.from('ключ', 'utf8').toString('latin1') }, validForm());
+    const nonAscii = await rawPost(
+      url,
+      { Authorization: authorization, 'Idempotency-Key': Buffer.from('ключ', 'utf8').toString('latin1') },
+      validForm(),
+    );
     expectProblemAnswer(nonAscii, 400, 'BAD_ARGUMENTS', 'Idempotency-Key');
     expect(receivedCount(target)).toBe(before);
 

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { imageSize } from 'image-size';
-import { inspectImage, MAX_IMAGE_SIDE, type ImageInspection } from '../src/images/inspect-image';
+import { type ImageInspection, inspectImage, MAX_IMAGE_SIDE } from '../src/images/inspect-image';
 import { bmp, gif1x1, jpeg, png, textNamedJpg, truncated } from './fixtures/images';
 
 function expectUnsupported(result: ImageInspection): void {
@@ -48,12 +48,15 @@ describe('inspectImage', () => {
       ['png', 33, 17, png],
       ['bmp', 1, 1, bmp],
       ['bmp', 33, 17, bmp],
-    ] as const)('when a real %s of %ix%i is given, then it is accepted with that format and size', (format, width, height, build) => {
-      const bytes = build(width, height);
-      // The fixture itself is checked by an independent parser, so the test cannot agree with a wrong fixture.
-      expect(imageSize(bytes)).toMatchObject({ width, height });
-      expect(inspectImage(bytes)).toEqual({ ok: true, format, width, height });
-    });
+    ] as const)(
+      'when a real %s of %ix%i is given, then it is accepted with that format and size',
+      (format, width, height, build) => {
+        const bytes = build(width, height);
+        // The fixture itself is checked by an independent parser, so the test cannot agree with a wrong fixture.
+        expect(imageSize(bytes)).toMatchObject({ width, height });
+        expect(inspectImage(bytes)).toEqual({ ok: true, format, width, height });
+      },
+    );
 
     it('when the bytes come as a plain Uint8Array view, then they are inspected without error', () => {
       const bytes = png(5, 3);
@@ -207,7 +210,11 @@ describe('inspectImage', () => {
     });
 
     it('when only a magic number arrives, then it is rejected as unsupported-format', () => {
-      for (const magic of [[0xff, 0xd8], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], [0x42, 0x4d]]) {
+      for (const magic of [
+        [0xff, 0xd8],
+        [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a],
+        [0x42, 0x4d],
+      ]) {
         expectUnsupported(inspectImage(Buffer.from(magic)));
       }
     });
@@ -215,7 +222,11 @@ describe('inspectImage', () => {
 
   describe('size limit', () => {
     it('when a JPEG is 5000 px wide, then it is rejected as too-large', () => {
-      expect(inspectImage(jpeg(5000, 8))).toMatchObject({ ok: false, problem: 'too-large', detail: expect.stringContaining('5000x8') });
+      expect(inspectImage(jpeg(5000, 8))).toMatchObject({
+        ok: false,
+        problem: 'too-large',
+        detail: expect.stringContaining('5000x8'),
+      });
     });
 
     it('when a PNG is 4097 px tall, then it is rejected as too-large', () => {
@@ -277,7 +288,13 @@ describe('inspectImage', () => {
       // carries the offending bytes in hex, so it can still be reproduced.
       const random = prng(0xfaced);
       const failures: string[] = [];
-      const magics = [[], [0xff, 0xd8], [0xff, 0xd8, 0xff], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], [0x42, 0x4d]];
+      const magics = [
+        [],
+        [0xff, 0xd8],
+        [0xff, 0xd8, 0xff],
+        [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a],
+        [0x42, 0x4d],
+      ];
       for (let n = 0; n < 2000; n++) {
         const magic = magics[n % magics.length] ?? [];
         const bytes = randomBytes(magic.length + Math.floor(random() * 300));

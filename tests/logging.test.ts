@@ -2,8 +2,10 @@ import { createHmac, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type supertest from 'supertest';
-import { jpeg, textNamedJpg } from './fixtures/images';
 import { createLogger } from '../src/logging/logger';
+import type { Sandbox } from '../src/sandbox/sandbox-server';
+import { jpeg, textNamedJpg } from './fixtures/images';
+import { announceUpload } from './helpers/raw-request';
 import {
   captureLog,
   postToken,
@@ -12,13 +14,11 @@ import {
   startTestSandbox,
   startTestService,
   TEST_JWT_SECRET,
-  validForm,
-  validIdcardForm,
   type TestService,
   type TokenForm,
+  validForm,
+  validIdcardForm,
 } from './helpers/test-service';
-import type { Sandbox } from '../src/sandbox/sandbox-server';
-import { announceUpload } from './helpers/raw-request';
 
 /**
  * CONTRACT section 5 and issue 4 item 1: one JSON line per request with request id, pseudonymous user,
@@ -74,7 +74,10 @@ const withBizNo = (bizNo: string, form: Required<TokenForm> = photoForm()): Requ
   fields: { ...form.fields, biz_no: bizNo },
   files: form.files,
 });
-const photoForm = (): Required<TokenForm> => ({ fields: validForm().fields, files: { image_ref1: Buffer.from(PHOTO) } });
+const photoForm = (): Required<TokenForm> => ({
+  fields: validForm().fields,
+  files: { image_ref1: Buffer.from(PHOTO) },
+});
 
 interface Expectation {
   status: number;
@@ -111,17 +114,27 @@ function record(label: string, target: TestService, response: supertest.Response
   return entry;
 }
 
-async function send(label: string, target: TestService, form: TokenForm, expected: Expectation, headers: Record<string, string> = {}): Promise<Sent> {
+async function send(
+  label: string,
+  target: TestService,
+  form: TokenForm,
+  expected: Expectation,
+  headers: Record<string, string> = {},
+): Promise<Sent> {
   const response = await postToken(target, form, { Authorization: await bearerFor(), ...headers });
   return record(label, target, response, expected);
 }
 
 /** A POST whose Content-Length announces more than 20 MB: refused before the body is read. */
-async function postOversized(authorization: string): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Record<string, unknown> }> {
+async function postOversized(
+  authorization: string,
+): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Record<string, unknown> }> {
   // Part of the body goes out too (an ID number, photo bytes): refused or not, none of it may reach the log.
   const prefix = Buffer.concat([
     Buffer.from(`--xyz\r\nContent-Disposition: form-data; name="idcard_number"\r\n\r\n${ID_NUMBER}\r\n--xyz\r\n`),
-    Buffer.from(`Content-Disposition: form-data; name="image_ref1"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`),
+    Buffer.from(
+      `Content-Disposition: form-data; name="image_ref1"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`,
+    ),
     PHOTO,
   ]);
   const answer = await announceUpload(
@@ -141,32 +154,73 @@ beforeAll(async () => {
   await new Promise<void>((resolve) => rawServer.listen(0, '127.0.0.1', resolve));
 
   // Success, both comparison types (the ID number's x in both cases).
-  await send('success comparison 0', main, photoForm(), { status: 201, code: 'OK', faceidAnswered: true, expectedAttempts: 1 });
-  await send('success comparison 1', main, validIdcardForm(), { status: 201, code: 'OK', faceidAnswered: true, expectedAttempts: 1 });
+  await send('success comparison 0', main, photoForm(), {
+    status: 201,
+    code: 'OK',
+    faceidAnswered: true,
+    expectedAttempts: 1,
+  });
+  await send('success comparison 1', main, validIdcardForm(), {
+    status: 201,
+    code: 'OK',
+    faceidAnswered: true,
+    expectedAttempts: 1,
+  });
   const lowerX = validIdcardForm();
   lowerX.fields.idcard_number = ID_NUMBER.toLowerCase();
-  await send('success comparison 1, lower-case x', main, lowerX, { status: 201, code: 'OK', faceidAnswered: true, expectedAttempts: 1 });
+  await send('success comparison 1, lower-case x', main, lowerX, {
+    status: 201,
+    code: 'OK',
+    faceidAnswered: true,
+    expectedAttempts: 1,
+  });
 
   // Every local refusal.
-  await send('missing idcard_number', main, { fields: { comparison_type: '1', liveness_type: 'still', idcard_name: NAME } }, { status: 400, code: 'MISSING_ARGUMENTS' });
-  await send('missing image_ref1', main, { fields: { comparison_type: '0', liveness_type: 'meglive' } }, { status: 400, code: 'MISSING_ARGUMENTS' });
+  await send(
+    'missing idcard_number',
+    main,
+    { fields: { comparison_type: '1', liveness_type: 'still', idcard_name: NAME } },
+    { status: 400, code: 'MISSING_ARGUMENTS' },
+  );
+  await send(
+    'missing image_ref1',
+    main,
+    { fields: { comparison_type: '0', liveness_type: 'meglive' } },
+    { status: 400, code: 'MISSING_ARGUMENTS' },
+  );
   await send(
     'bad check digit',
     main,
     { fields: { ...validIdcardForm().fields, idcard_number: ID_NUMBER_BAD_CHECK_DIGIT } },
     { status: 400, code: 'BAD_ARGUMENTS' },
   );
-  await send('bad liveness_timeout', main, { fields: { ...validIdcardForm().fields, liveness_timeout: '99' } }, { status: 400, code: 'BAD_ARGUMENTS' });
+  await send(
+    'bad liveness_timeout',
+    main,
+    { fields: { ...validIdcardForm().fields, liveness_timeout: '99' } },
+    { status: 400, code: 'BAD_ARGUMENTS' },
+  );
   await send(
     'image not a photo',
     main,
     { fields: validForm().fields, files: { image_ref1: Buffer.from(NOT_A_PHOTO) } },
     { status: 400, code: 'IMAGE_ERROR_UNSUPPORTED_FORMAT' },
   );
-  await send('image too wide', main, { fields: validForm().fields, files: { image_ref1: jpeg(4097, 8) } }, { status: 400, code: 'INVALID_IMAGE_SIZE' });
-  await send('JWT of another issuer', main, validIdcardForm(), { status: 401, code: 'UNAUTHENTICATED', authenticated: false }, {
-    Authorization: await bearerFor(RAW_SUB, OTHER_JWT_SECRET),
-  });
+  await send(
+    'image too wide',
+    main,
+    { fields: validForm().fields, files: { image_ref1: jpeg(4097, 8) } },
+    { status: 400, code: 'INVALID_IMAGE_SIZE' },
+  );
+  await send(
+    'JWT of another issuer',
+    main,
+    validIdcardForm(),
+    { status: 401, code: 'UNAUTHENTICATED', authenticated: false },
+    {
+      Authorization: await bearerFor(RAW_SUB, OTHER_JWT_SECRET),
+    },
+  );
   const json = await main
     .http()
     .post('/v1/biz-tokens')
@@ -201,15 +255,41 @@ beforeAll(async () => {
     faceidAnswered: true,
     expectedAttempts: 3,
   });
-  await send('FaceID: hangs', main, withBizNo('sandbox:HANG'), { status: 504, code: 'UPSTREAM_TIMEOUT', upstream: true });
-  await send('FaceID: drops', main, withBizNo('sandbox:DROP'), { status: 502, code: 'UPSTREAM_ERROR', upstream: true, expectedAttempts: 3 });
-  await send('FaceID: wrong api_secret', wrongSecret, validIdcardForm(), { status: 502, code: 'UPSTREAM_REJECTED', faceidAnswered: true, expectedAttempts: 1 });
+  await send('FaceID: hangs', main, withBizNo('sandbox:HANG'), {
+    status: 504,
+    code: 'UPSTREAM_TIMEOUT',
+    upstream: true,
+  });
+  await send('FaceID: drops', main, withBizNo('sandbox:DROP'), {
+    status: 502,
+    code: 'UPSTREAM_ERROR',
+    upstream: true,
+    expectedAttempts: 3,
+  });
+  await send('FaceID: wrong api_secret', wrongSecret, validIdcardForm(), {
+    status: 502,
+    code: 'UPSTREAM_REJECTED',
+    faceidAnswered: true,
+    expectedAttempts: 1,
+  });
 
   // An idempotent replay.
   const key = `idem-${randomUUID()}`;
-  await send('idempotent first', main, validIdcardForm(), { status: 201, code: 'OK', faceidAnswered: true, expectedAttempts: 1 }, { 'Idempotency-Key': key });
+  await send(
+    'idempotent first',
+    main,
+    validIdcardForm(),
+    { status: 201, code: 'OK', faceidAnswered: true, expectedAttempts: 1 },
+    { 'Idempotency-Key': key },
+  );
   const receivedBefore = sandbox.received.length;
-  const replayed = await send('idempotent replay', main, validIdcardForm(), { status: 201, code: 'OK', replay: true }, { 'Idempotency-Key': key });
+  const replayed = await send(
+    'idempotent replay',
+    main,
+    validIdcardForm(),
+    { status: 201, code: 'OK', replay: true },
+    { 'Idempotency-Key': key },
+  );
   expect(replayed.headers['idempotent-replayed']).toBe('true');
   expect(sandbox.received.length).toBe(receivedBefore);
 }, 30_000);
@@ -227,9 +307,11 @@ const targets = (): Array<[string, TestService]> => [
 ];
 
 /** The pseudonymous user id of a JWT sub, as CONTRACT section 3 / authenticate-caller derive it. */
-const pseudonymOf = (target: TestService, sub: string): string => createHmac('sha256', target.config.auth.uuidSalt).update(`sub:${sub}`).digest('hex');
+const pseudonymOf = (target: TestService, sub: string): string =>
+  createHmac('sha256', target.config.auth.uuidSalt).update(`sub:${sub}`).digest('hex');
 
-const requestLines = (target: TestService): Array<Record<string, unknown>> => target.log.lines().filter((line) => 'latency_ms' in line);
+const requestLines = (target: TestService): Array<Record<string, unknown>> =>
+  target.log.lines().filter((line) => 'latency_ms' in line);
 
 /** Every way the secret or personal data could show up in a log line. */
 function forbiddenStrings(): Array<[string, string]> {
@@ -279,9 +361,11 @@ describe('log lines at LOG_LEVEL=trace after a full set of requests', () => {
       for (const line of text.split('\n').filter((part) => part.length > 0)) {
         try {
           const parsed = JSON.parse(line) as unknown;
-          if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) problems.push(`${name}: not an object: ${line.slice(0, 120)}`);
+          if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+            problems.push(`${name}: not an object: ${line.slice(0, 120)}`);
           const object = parsed as Record<string, unknown>;
-          if (typeof object.level !== 'number' || typeof object.time !== 'string' || typeof object.msg !== 'string') problems.push(`${name}: ${line.slice(0, 120)}`);
+          if (typeof object.level !== 'number' || typeof object.time !== 'string' || typeof object.msg !== 'string')
+            problems.push(`${name}: ${line.slice(0, 120)}`);
         } catch {
           problems.push(`${name}: not JSON: ${line.slice(0, 120)}`);
         }
@@ -373,8 +457,13 @@ describe('log lines at LOG_LEVEL=trace after a full set of requests', () => {
   test('when an answer was a 5xx, then its request line is at level 50 (error), and a 2xx/4xx line is below it', () => {
     for (const request of sent) {
       const line = requestLines(request.target).find((entry) => entry.request_id === request.requestId);
-      if (request.status >= 500) expect({ label: request.label, level: line?.level }).toEqual({ label: request.label, level: 50 });
-      else expect({ label: request.label, level: (line?.level as number) < 50 }).toEqual({ label: request.label, level: true });
+      if (request.status >= 500)
+        expect({ label: request.label, level: line?.level }).toEqual({ label: request.label, level: 50 });
+      else
+        expect({ label: request.label, level: (line?.level as number) < 50 }).toEqual({
+          label: request.label,
+          level: true,
+        });
     }
   });
 });
@@ -382,7 +471,11 @@ describe('log lines at LOG_LEVEL=trace after a full set of requests', () => {
 describe('X-Request-Id', () => {
   test('when the client sends a plain X-Request-Id, then it is echoed and the request line carries it', async () => {
     const offered = `client-${randomUUID()}.retry:2`;
-    const response = await postToken(main, { fields: { comparison_type: '0', liveness_type: 'meglive' } }, { 'X-Request-Id': offered });
+    const response = await postToken(
+      main,
+      { fields: { comparison_type: '0', liveness_type: 'meglive' } },
+      { 'X-Request-Id': offered },
+    );
     expect(response.status).toBe(400);
     expect(response.headers['x-request-id']).toBe(offered);
     expect((response.body as { request_id?: unknown }).request_id).toBe(offered);
@@ -396,21 +489,24 @@ describe('X-Request-Id', () => {
     ['a tab', `id\twith-tab-${randomUUID()}`],
     ['a quote that tries to inject JSON', `x","level":60,"msg":"forged-${randomUUID()}`],
     ['200 characters', `a${randomUUID().replace(/-/g, '')}`.padEnd(200, 'b')],
-  ])('when the client sends an X-Request-Id with %s, then a generated id replaces it in the answer and the log', async (_what, offered) => {
-    const response = await main.http().get('/healthz').set('X-Request-Id', offered);
-    expect(response.status).toBe(200);
-    const answered = String(response.headers['x-request-id']);
-    expect(answered).not.toBe(offered);
-    expect(answered).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
-    expect(requestLines(main).filter((line) => line.request_id === answered)).toHaveLength(1);
-    expect(main.log.text()).not.toContain(offered);
-  });
+  ])(
+    'when the client sends an X-Request-Id with %s, then a generated id replaces it in the answer and the log',
+    async (_what, offered) => {
+      const response = await main.http().get('/healthz').set('X-Request-Id', offered);
+      expect(response.status).toBe(200);
+      const answered = String(response.headers['x-request-id']);
+      expect(answered).not.toBe(offered);
+      expect(answered).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+      expect(requestLines(main).filter((line) => line.request_id === answered)).toHaveLength(1);
+      expect(main.log.text()).not.toContain(offered);
+    },
+  );
 
   // A newline cannot be sent at all: Node's HTTP client refuses it, and the server's parser ends the header
   // line there. What remains of such a value is covered by the cases above.
 });
 
-describe('the logger\'s own redaction (the second line of defence)', () => {
+describe("the logger's own redaction (the second line of defence)", () => {
   const logged = (object: Record<string, unknown>): { line: Record<string, unknown>; text: string } => {
     const { destination, log } = captureLog();
     createLogger('info', destination).info(object, 'redaction probe');
@@ -423,21 +519,37 @@ describe('the logger\'s own redaction (the second line of defence)', () => {
       sign: 'sign-value-1',
       Authorization: 'Bearer jwt-value-2',
       faceid: { credentials: { apiKey: 'key', apiSecret: 'secret-value-3' } },
-      request: { headers: { authorization: 'Bearer jwt-value-4' }, body: { idcard_number: ID_NUMBER, idcard_name: NAME } },
+      request: {
+        headers: { authorization: 'Bearer jwt-value-4' },
+        body: { idcard_number: ID_NUMBER, idcard_name: NAME },
+      },
       list: [{ token: 'token-value-5' }],
       kept: { attempts: 2 },
       masked: { apiSecret: 'set', credentials: 'unset' },
       error: Object.assign(new Error('carries a sign'), { sign: 'sign-value-8' }),
       described: { toJSON: () => ({ authorization: 'Bearer jwt-value-9' }) },
     });
-    for (const secret of ['sign-value-1', 'jwt-value-2', 'secret-value-3', 'jwt-value-4', ID_NUMBER, NAME, 'token-value-5', 'sign-value-8', 'jwt-value-9']) {
+    for (const secret of [
+      'sign-value-1',
+      'jwt-value-2',
+      'secret-value-3',
+      'jwt-value-4',
+      ID_NUMBER,
+      NAME,
+      'token-value-5',
+      'sign-value-8',
+      'jwt-value-9',
+    ]) {
       expect(text).not.toContain(secret);
     }
     expect(line).toMatchObject({
       sign: '[redacted]',
       Authorization: '[redacted]',
       faceid: { credentials: '[redacted]' },
-      request: { headers: { authorization: '[redacted]' }, body: { idcard_number: '[redacted]', idcard_name: '[redacted]' } },
+      request: {
+        headers: { authorization: '[redacted]' },
+        body: { idcard_number: '[redacted]', idcard_name: '[redacted]' },
+      },
       list: [{ token: '[redacted]' }],
       kept: { attempts: 2 },
       // The start-up line's masks say only whether a secret is configured.
@@ -449,7 +561,11 @@ describe('the logger\'s own redaction (the second line of defence)', () => {
 
   test('when a child logger (or its child) is bound to a secret at the top or nested, then its lines carry "[redacted]" instead', () => {
     const { destination, log } = captureLog();
-    const child = createLogger('info', destination).child({ request_id: 'r-1', sign: 'sign-value-6', upstream: { headers: { Authorization: 'Bearer jwt-value-10' } } });
+    const child = createLogger('info', destination).child({
+      request_id: 'r-1',
+      sign: 'sign-value-6',
+      upstream: { headers: { Authorization: 'Bearer jwt-value-10' } },
+    });
     child.child({ nested: { idcard_number: ID_NUMBER } }).info('child probe');
     expect(log.text()).not.toMatch(new RegExp(`sign-value-6|jwt-value-10|${ID_NUMBER}`));
     expect(log.lines()[0]).toMatchObject({
@@ -460,9 +576,12 @@ describe('the logger\'s own redaction (the second line of defence)', () => {
     });
   });
 
-  test('when an object is logged, then the caller\'s object is left as it was and an error keeps its serialized shape', () => {
+  test("when an object is logged, then the caller's object is left as it was and an error keeps its serialized shape", () => {
     // A sensitive property on the error itself: copying the error to censor it would lose what makes it one.
-    const object = { nested: { sign: 'sign-value-7' }, err: Object.assign(new Error('upstream broke'), { sign: 'sign-value-11' }) };
+    const object = {
+      nested: { sign: 'sign-value-7' },
+      err: Object.assign(new Error('upstream broke'), { sign: 'sign-value-11' }),
+    };
     const { line, text } = logged(object);
     expect(object.nested.sign).toBe('sign-value-7');
     expect(text).not.toMatch(/sign-value-7|sign-value-11/);

@@ -2,8 +2,15 @@ import { createHmac } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type { Sandbox } from '../src/sandbox/sandbox-server';
 import { jpeg } from './fixtures/images';
-import { startChildService, type ChildService } from './helpers/child-service';
-import { SANDBOX_KEY, SANDBOX_SECRET, TEST_JWT_SECRET, signToken, startTestSandbox, uniquePrefix } from './helpers/test-service';
+import { type ChildService, startChildService } from './helpers/child-service';
+import {
+  SANDBOX_KEY,
+  SANDBOX_SECRET,
+  signToken,
+  startTestSandbox,
+  TEST_JWT_SECRET,
+  uniquePrefix,
+} from './helpers/test-service';
 
 /**
  * Issue 3, "Exact across instances": two real service processes (the built dist/server.js) on one Redis
@@ -57,7 +64,8 @@ async function waitUntilReady(instance: ChildService): Promise<void> {
     const response = await fetch(`${instance.url}/readyz`);
     const body = (await response.json()) as { status: string };
     if (body.status === 'ready') return;
-    if (Date.now() > deadline) throw new Error(`${instance.url} never became ready: ${JSON.stringify(body)}\n${instance.output()}`);
+    if (Date.now() > deadline)
+      throw new Error(`${instance.url} never became ready: ${JSON.stringify(body)}\n${instance.output()}`);
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
@@ -72,7 +80,11 @@ async function requestToken(instance: ChildService, token: string): Promise<numb
   form.append('liveness_type', 'meglive');
   form.append('image_ref1', new Blob([new Uint8Array(jpeg(64, 64))], { type: 'image/jpeg' }), 'image_ref1.jpg');
   try {
-    const response = await fetch(`${instance.url}/v1/biz-tokens`, { method: 'POST', headers: { Authorization: `Bearer ${token}` }, body: form });
+    const response = await fetch(`${instance.url}/v1/biz-tokens`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${token}` },
+      body: form,
+    });
     await response.arrayBuffer();
     return response.status;
   } catch (error) {
@@ -81,8 +93,11 @@ async function requestToken(instance: ChildService, token: string): Promise<numb
   }
 }
 
-const tally = (statuses: Array<number | string>): Record<string, number> =>
-  statuses.reduce<Record<string, number>>((counts, status) => ({ ...counts, [status]: (counts[status] ?? 0) + 1 }), {});
+function tally(statuses: Array<number | string>): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const status of statuses) counts[status] = (counts[status] ?? 0) + 1;
+  return counts;
+}
 
 describe('two service processes on one Redis', () => {
   it('when a burst of 30 concurrent requests per user is spread over both instances, then each user gets exactly 5 tokens and 25 refusals, and the sandbox sees exactly 5 calls per user', async () => {

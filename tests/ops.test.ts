@@ -5,10 +5,11 @@ import supertest from 'supertest';
 import { loadConfig } from '../src/config/load-config';
 import { createLogger } from '../src/logging/logger';
 import { SERVER_TIMEOUTS, startServer } from '../src/server';
-import { startChildService, type ChildService } from './helpers/child-service';
+import { type ChildService, startChildService } from './helpers/child-service';
 import { freePort } from './helpers/free-port';
 import {
   captureLog,
+  cleanupAfter,
   expectProblem,
   postToken,
   SANDBOX_KEY,
@@ -16,10 +17,9 @@ import {
   signToken,
   startTestSandbox,
   TEST_JWT_SECRET,
+  type TestService,
   validForm,
   validIdcardForm,
-  type TestService,
-  cleanupAfter,
 } from './helpers/test-service';
 
 /**
@@ -66,14 +66,17 @@ function parseMetrics(text: string): Sample[] {
     const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)/.exec(line);
     if (match === null) throw new Error(`not a sample: ${line}`);
     const labels: Record<string, string> = {};
-    for (const label of (match[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[label[1]!] = label[2]!;
+    for (const label of (match[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g))
+      labels[label[1]!] = label[2]!;
     samples.push({ name: match[1]!, labels, value: Number(match[3]) });
   }
   return samples;
 }
 
-function valueOf(samples: Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
-  const matching = samples.filter((sample) => sample.name === name && Object.entries(labels).every(([key, value]) => sample.labels[key] === value));
+function sampleValue(samples: Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
+  const matching = samples.filter(
+    (sample) => sample.name === name && Object.entries(labels).every(([key, value]) => sample.labels[key] === value),
+  );
   return matching.length === 0 ? undefined : matching.reduce((sum, sample) => sum + sample.value, 0);
 }
 
@@ -84,7 +87,8 @@ async function scrape(target: TestService): Promise<{ text: string; samples: Sam
   return { text: response.text, samples: parseMetrics(response.text) };
 }
 
-const pseudonymOf = (target: TestService, sub: string): string => createHmac('sha256', target.config.auth.uuidSalt).update(`sub:${sub}`).digest('hex');
+const pseudonymOf = (target: TestService, sub: string): string =>
+  createHmac('sha256', target.config.auth.uuidSalt).update(`sub:${sub}`).digest('hex');
 
 // ---------------------------------------------------------------------------------------------------------
 
@@ -126,50 +130,75 @@ describe('GET /metrics', () => {
     const before = (await scrape(target)).samples;
     const ok = await postToken(target, validForm(), { Authorization: `Bearer ${await signToken({ sub })}` });
     expect(ok.status).toBe(201);
-    const bad = await postToken(target, { fields: { ...validForm().fields, liveness_timeout: '99' }, files: validForm().files }, { Authorization: `Bearer ${await signToken({ sub })}` });
+    const bad = await postToken(
+      target,
+      { fields: { ...validForm().fields, liveness_timeout: '99' }, files: validForm().files },
+      { Authorization: `Bearer ${await signToken({ sub })}` },
+    );
     expectProblem(bad, 400, 'BAD_ARGUMENTS');
 
     const { samples } = await scrape(target);
-    const count = (labels: Record<string, string>): number | undefined => valueOf(samples, 'http_request_duration_seconds_count', labels);
-    expect(count({ route: '/v1/biz-tokens', method: 'POST', status: '201' })).toBe((valueOf(before, 'http_request_duration_seconds_count', { route: '/v1/biz-tokens', status: '201' }) ?? 0) + 1);
-    expect(count({ route: '/v1/biz-tokens', method: 'POST', status: '400' })).toBe((valueOf(before, 'http_request_duration_seconds_count', { route: '/v1/biz-tokens', status: '400' }) ?? 0) + 1);
-    expect(valueOf(samples, 'http_request_duration_seconds_bucket', { route: '/v1/biz-tokens', status: '201', le: '+Inf' })).toBeGreaterThanOrEqual(1);
-    expect(valueOf(samples, 'biz_token_outcomes_total', { code: 'OK' })).toBe((valueOf(before, 'biz_token_outcomes_total', { code: 'OK' }) ?? 0) + 1);
-    expect(valueOf(samples, 'biz_token_outcomes_total', { code: 'BAD_ARGUMENTS' })).toBe((valueOf(before, 'biz_token_outcomes_total', { code: 'BAD_ARGUMENTS' }) ?? 0) + 1);
+    const count = (labels: Record<string, string>): number | undefined =>
+      sampleValue(samples, 'http_request_duration_seconds_count', labels);
+    expect(count({ route: '/v1/biz-tokens', method: 'POST', status: '201' })).toBe(
+      (sampleValue(before, 'http_request_duration_seconds_count', { route: '/v1/biz-tokens', status: '201' }) ?? 0) + 1,
+    );
+    expect(count({ route: '/v1/biz-tokens', method: 'POST', status: '400' })).toBe(
+      (sampleValue(before, 'http_request_duration_seconds_count', { route: '/v1/biz-tokens', status: '400' }) ?? 0) + 1,
+    );
+    expect(
+      sampleValue(samples, 'http_request_duration_seconds_bucket', {
+        route: '/v1/biz-tokens',
+        status: '201',
+        le: '+Inf',
+      }),
+    ).toBeGreaterThanOrEqual(1);
+    expect(sampleValue(samples, 'biz_token_outcomes_total', { code: 'OK' })).toBe(
+      (sampleValue(before, 'biz_token_outcomes_total', { code: 'OK' }) ?? 0) + 1,
+    );
+    expect(sampleValue(samples, 'biz_token_outcomes_total', { code: 'BAD_ARGUMENTS' })).toBe(
+      (sampleValue(before, 'biz_token_outcomes_total', { code: 'BAD_ARGUMENTS' }) ?? 0) + 1,
+    );
     // The FaceID exchange of the 201 was timed; the refused request never went upstream.
-    expect(valueOf(samples, 'faceid_upstream_duration_seconds_count')).toBe((valueOf(before, 'faceid_upstream_duration_seconds_count') ?? 0) + 1);
-    expect(valueOf(samples, 'faceid_upstream_duration_seconds_bucket', { le: '+Inf' })).toBeGreaterThanOrEqual(1);
+    expect(sampleValue(samples, 'faceid_upstream_duration_seconds_count')).toBe(
+      (sampleValue(before, 'faceid_upstream_duration_seconds_count') ?? 0) + 1,
+    );
+    expect(sampleValue(samples, 'faceid_upstream_duration_seconds_bucket', { le: '+Inf' })).toBeGreaterThanOrEqual(1);
   });
 
   test('when scraped, then default process metrics and the in-flight gauges are there (this scrape itself is the one request in flight)', async () => {
     const { samples } = await scrape(target);
-    expect(valueOf(samples, 'process_cpu_seconds_total')).toBeGreaterThan(0);
-    expect(valueOf(samples, 'faceid_calls_in_flight')).toBe(0);
-    expect(valueOf(samples, 'http_requests_in_flight')).toBe(1);
+    expect(sampleValue(samples, 'process_cpu_seconds_total')).toBeGreaterThan(0);
+    expect(sampleValue(samples, 'faceid_calls_in_flight')).toBe(0);
+    expect(sampleValue(samples, 'http_requests_in_flight')).toBe(1);
   });
 
   test('when a FaceID call is slow, then faceid_calls_in_flight and http_requests_in_flight count it while it lasts', async () => {
     const receivedBefore = target.sandbox.received.length;
-    const pending = postToken(target, { fields: { ...validForm().fields, biz_no: 'sandbox:latency=800' }, files: validForm().files });
+    const pending = postToken(target, {
+      fields: { ...validForm().fields, biz_no: 'sandbox:latency=800' },
+      files: validForm().files,
+    });
     const deadline = Date.now() + 3_000;
-    while (target.sandbox.received.length === receivedBefore && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    while (target.sandbox.received.length === receivedBefore && Date.now() < deadline)
+      await new Promise((resolve) => setTimeout(resolve, 20));
     const { samples } = await scrape(target);
-    expect(valueOf(samples, 'faceid_calls_in_flight')).toBe(1);
-    expect(valueOf(samples, 'http_requests_in_flight')).toBe(2);
+    expect(sampleValue(samples, 'faceid_calls_in_flight')).toBe(1);
+    expect(sampleValue(samples, 'http_requests_in_flight')).toBe(2);
     expect((await pending).status).toBe(201);
     const after = (await scrape(target)).samples;
-    expect(valueOf(after, 'faceid_calls_in_flight')).toBe(0);
-    expect(valueOf(after, 'http_requests_in_flight')).toBe(1);
+    expect(sampleValue(after, 'faceid_calls_in_flight')).toBe(0);
+    expect(sampleValue(after, 'http_requests_in_flight')).toBe(1);
   });
 
   test('when the same Idempotency-Key is replayed, then idempotent_replays_total goes up by one', async () => {
-    const before = valueOf((await scrape(target)).samples, 'idempotent_replays_total') ?? 0;
+    const before = sampleValue((await scrape(target)).samples, 'idempotent_replays_total') ?? 0;
     const key = `replay-${randomUUID()}`;
     const first = await postToken(target, validIdcardForm(), { 'Idempotency-Key': key });
     const second = await postToken(target, validIdcardForm(), { 'Idempotency-Key': key });
     expect([first.status, second.status]).toEqual([201, 201]);
     expect(second.headers['idempotent-replayed']).toBe('true');
-    expect(valueOf((await scrape(target)).samples, 'idempotent_replays_total')).toBe(before + 1);
+    expect(sampleValue((await scrape(target)).samples, 'idempotent_replays_total')).toBe(before + 1);
   });
 
   test('when junk paths and a user were seen, then no label value holds a user id, the sub or a raw path', async () => {
@@ -182,25 +211,34 @@ describe('GET /metrics', () => {
     expect(text).not.toContain(sub);
     expect(text).not.toContain(pseudonymOf(target, sub));
     const labelValues = samples.flatMap((sample) => Object.values(sample.labels));
-    expect(labelValues.filter((value) => value.includes('123') || value.includes('/etc') || value.includes('..') || /[0-9a-f]{32}/.test(value))).toEqual([]);
+    expect(
+      labelValues.filter(
+        (value) =>
+          value.includes('123') || value.includes('/etc') || value.includes('..') || /[0-9a-f]{32}/.test(value),
+      ),
+    ).toEqual([]);
     // The junk was still counted, under a bounded route value.
-    const routes = new Set(samples.filter((sample) => sample.name === 'http_request_duration_seconds_count').map((sample) => sample.labels.route));
+    const routes = new Set(
+      samples
+        .filter((sample) => sample.name === 'http_request_duration_seconds_count')
+        .map((sample) => sample.labels.route),
+    );
     expect([...routes].every((route) => route !== undefined && route.length <= 40)).toBe(true);
-    expect(valueOf(samples, 'http_request_duration_seconds_count', { status: '404' })).toBeGreaterThanOrEqual(3);
+    expect(sampleValue(samples, 'http_request_duration_seconds_count', { status: '404' })).toBeGreaterThanOrEqual(3);
   });
 });
 
 describe('rate-limit metric', () => {
   test('when a user spends RATE_LIMIT_MAX=1, then the next request is 429 RATE_LIMITED and rate_limit_rejections_total goes up by one', async () => {
     const target = await start({ RATE_LIMIT_MAX: '1' });
-    const before = valueOf((await scrape(target)).samples, 'rate_limit_rejections_total') ?? 0;
+    const before = sampleValue((await scrape(target)).samples, 'rate_limit_rejections_total') ?? 0;
     expect((await postToken(target)).status).toBe(201);
     const refused = await postToken(target);
     expectProblem(refused, 429, 'RATE_LIMITED');
     expect(refused.headers['retry-after']).toMatch(/^\d+$/);
     const { samples } = await scrape(target);
-    expect(valueOf(samples, 'rate_limit_rejections_total')).toBe(before + 1);
-    expect(valueOf(samples, 'biz_token_outcomes_total', { code: 'RATE_LIMITED' })).toBe(1);
+    expect(sampleValue(samples, 'rate_limit_rejections_total')).toBe(before + 1);
+    expect(sampleValue(samples, 'biz_token_outcomes_total', { code: 'RATE_LIMITED' })).toBe(1);
   });
 });
 
@@ -216,7 +254,9 @@ describe('METRICS_PORT', () => {
     expect(onMetrics.text).toContain('process_cpu_seconds_total');
     expect(onMetrics.text).toContain('http_request_duration_seconds');
     // The request to the public port was measured by the same registry.
-    expect(valueOf(parseMetrics(onMetrics.text), 'http_request_duration_seconds_count', { status: '404' })).toBeGreaterThanOrEqual(1);
+    expect(
+      sampleValue(parseMetrics(onMetrics.text), 'http_request_duration_seconds_count', { status: '404' }),
+    ).toBeGreaterThanOrEqual(1);
   });
 });
 
@@ -267,15 +307,20 @@ describe('security headers and CORS', () => {
     expect(preflight.headers['access-control-allow-methods']).toMatch(/POST/);
     const allowed = String(preflight.headers['access-control-allow-headers']).toLowerCase();
     for (const header of ['authorization', 'idempotency-key', 'x-request-id']) expect(allowed).toContain(header);
-    const exposed = String(preflight.headers['access-control-expose-headers']).toLowerCase().split(/\s*,\s*/);
-    for (const header of ['x-request-id', 'ratelimit', 'ratelimit-policy', 'retry-after']) expect(exposed).toContain(header);
+    const exposed = String(preflight.headers['access-control-expose-headers'])
+      .toLowerCase()
+      .split(/\s*,\s*/);
+    for (const header of ['x-request-id', 'ratelimit', 'ratelimit-policy', 'retry-after'])
+      expect(exposed).toContain(header);
   });
 
   test('when CORS_ORIGINS=https://app.example, then a real POST from it carries the CORS headers and exposes X-Request-Id and RateLimit', async () => {
     const response = await postToken(open, validForm(), { Origin: 'https://app.example' });
     expect(response.status).toBe(201);
     expect(response.headers['access-control-allow-origin']).toBe('https://app.example');
-    const exposed = String(response.headers['access-control-expose-headers']).toLowerCase().split(/\s*,\s*/);
+    const exposed = String(response.headers['access-control-expose-headers'])
+      .toLowerCase()
+      .split(/\s*,\s*/);
     for (const header of ['x-request-id', 'ratelimit', 'ratelimit-policy']) expect(exposed).toContain(header);
     expect(response.headers.ratelimit).toBeDefined();
   });
@@ -351,7 +396,11 @@ describe('server timeouts against slow clients', () => {
     expect(servers.length).toBe(2);
     for (const server of servers) {
       // The values the README promises, written out: a changed constant must fail here, not pass along.
-      expect({ headers: server.headersTimeout, request: server.requestTimeout, keepAlive: server.keepAliveTimeout }).toEqual({
+      expect({
+        headers: server.headersTimeout,
+        request: server.requestTimeout,
+        keepAlive: server.keepAliveTimeout,
+      }).toEqual({
         headers: 15_000,
         request: 120_000,
         keepAlive: 65_000,
@@ -367,7 +416,8 @@ describe('server timeouts against slow clients', () => {
     const servers = await serversOfStartServer();
     expect(servers.length).toBeGreaterThan(0);
     for (const server of servers) {
-      const interval = (server as http.Server & { connectionsCheckingInterval?: number }).connectionsCheckingInterval ?? 30_000;
+      const interval =
+        (server as http.Server & { connectionsCheckingInterval?: number }).connectionsCheckingInterval ?? 30_000;
       expect(interval).toBeLessThanOrEqual(2_000);
     }
   });
@@ -382,7 +432,9 @@ describe('server timeouts against slow clients', () => {
       const started = Date.now();
       socket.write('POST /v1/biz-tokens HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Partial: ');
       socket.resume();
-      const closedAfter = await new Promise<number>((resolve) => socket.once('close', () => resolve(Date.now() - started)));
+      const closedAfter = await new Promise<number>((resolve) =>
+        socket.once('close', () => resolve(Date.now() - started)),
+      );
       expect(closedAfter).toBeGreaterThanOrEqual(SERVER_TIMEOUTS.headersTimeoutMs - 1_000);
       expect(closedAfter).toBeLessThanOrEqual(SERVER_TIMEOUTS.headersTimeoutMs + 3_000);
     },
@@ -391,10 +443,14 @@ describe('server timeouts against slow clients', () => {
 });
 
 describe('the FaceID result counter', () => {
-  test('when FaceID answers a token, a client error and nothing in time, then faceid_results_total counts each by FaceID\'s own code', async () => {
+  test("when FaceID answers a token, a client error and nothing in time, then faceid_results_total counts each by FaceID's own code", async () => {
     const target = await start({ FACEID_TIMEOUT_MS: '300', FACEID_MAX_RETRIES: '0' });
     const count = async (result: string): Promise<number> =>
-      Number(new RegExp(`^faceid_results_total\\{result="${result}"\\} (\\d+)$`, 'm').exec((await target.http().get('/metrics')).text)?.[1] ?? 0);
+      Number(
+        new RegExp(`^faceid_results_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(
+          (await target.http().get('/metrics')).text,
+        )?.[1] ?? 0,
+      );
     const withBizNo = (bizNo: string) => ({ ...validForm(), fields: { ...validForm().fields, biz_no: bizNo } });
     expect((await postToken(target, validForm())).status).toBe(201);
     expect((await postToken(target, withBizNo('sandbox:NO_FACE_FOUND'))).status).toBe(400);

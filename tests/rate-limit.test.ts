@@ -1,10 +1,20 @@
+import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type supertest from 'supertest';
-import { expectProblem, postToken, signToken, startTestSandbox, startTestService, uniquePrefix, validForm, type TestService, type TokenForm } from './helpers/test-service';
 import { announceUpload } from './helpers/raw-request';
+import {
+  expectProblem,
+  postToken,
+  signToken,
+  startTestSandbox,
+  startTestService,
+  type TestService,
+  type TokenForm,
+  uniquePrefix,
+  validForm,
+} from './helpers/test-service';
 
 /**
  * Issue 3, "Per-user rate limit" and "An operator budget": RATE_LIMIT_MAX per RATE_LIMIT_WINDOW_SECONDS per
@@ -55,14 +65,24 @@ afterAll(async () => {
 
 const newUser = (): string => `user-${randomUUID()}`;
 
-async function post(target: TestService, sub: string, form: TokenForm = validForm(), headers: Record<string, string> = {}): Promise<supertest.Response> {
+async function post(
+  target: TestService,
+  sub: string,
+  form: TokenForm = validForm(),
+  headers: Record<string, string> = {},
+): Promise<supertest.Response> {
   return postToken(target, form, { Authorization: `Bearer ${await signToken({ sub })}`, ...headers });
 }
 
 const badField = (): TokenForm => ({ ...validForm(), fields: { ...validForm().fields, liveness_timeout: '99' } });
 
 /** `RateLimit: "per-user";r=<remaining>;t=<seconds>`, checked against what the window allows. */
-function expectRateLimitHeaders(response: supertest.Response, max: number, windowSeconds: number, remaining: number): void {
+function expectRateLimitHeaders(
+  response: supertest.Response,
+  max: number,
+  windowSeconds: number,
+  remaining: number,
+): void {
   expect(response.headers['ratelimit-policy']).toBe(`"per-user";q=${max};w=${windowSeconds}`);
   const match = /^"per-user";r=(\d+);t=(\d+)$/.exec(String(response.headers.ratelimit));
   expect(match).not.toBeNull();
@@ -89,7 +109,12 @@ const STORES: Array<[string, Record<string, string | undefined>]> = [
 describe.each(STORES)('per-user rate limit with the %s store', (_kind, storeEnv) => {
   let target: TestService;
   beforeAll(async () => {
-    target = await start({ ...storeEnv, REDIS_KEY_PREFIX: freshPrefix(), RATE_LIMIT_MAX: '3', RATE_LIMIT_WINDOW_SECONDS: '60' });
+    target = await start({
+      ...storeEnv,
+      REDIS_KEY_PREFIX: freshPrefix(),
+      RATE_LIMIT_MAX: '3',
+      RATE_LIMIT_WINDOW_SECONDS: '60',
+    });
   });
 
   it('when a user sends 4 requests in one window, then 3 get 201 with the RateLimit headers and the 4th gets 429 RATE_LIMITED with Retry-After and no upstream call', async () => {
@@ -127,7 +152,13 @@ describe.each(STORES)('per-user rate limit with the %s store', (_kind, storeEnv)
     const before = target.sandbox.received.length;
     const forged = await signToken({ sub: user }, 'another-secret-that-is-long-enough-0123456789');
     const expired = await signToken({ sub: user, exp: Math.floor(Date.now() / 1000) - 600 });
-    for (const authorization of ['', `Bearer ${forged}`, `Bearer ${expired}`, `Bearer ${forged}`, `Bearer ${expired}`]) {
+    for (const authorization of [
+      '',
+      `Bearer ${forged}`,
+      `Bearer ${expired}`,
+      `Bearer ${forged}`,
+      `Bearer ${expired}`,
+    ]) {
       const response = await postToken(target, validForm(), { Authorization: authorization });
       expectProblem(response, 401, 'UNAUTHENTICATED');
       // The policy is the same for everyone, so even a 401 can say it (CONTRACT section 3: all answers).
@@ -143,7 +174,7 @@ describe.each(STORES)('per-user rate limit with the %s store', (_kind, storeEnv)
     expect((await post(target, user)).status).toBe(429);
   });
 
-  it('when a request is refused locally with 400 (bad field), then it counts against the user\'s limit and says so in its RateLimit header', async () => {
+  it("when a request is refused locally with 400 (bad field), then it counts against the user's limit and says so in its RateLimit header", async () => {
     const user = newUser();
     const before = target.sandbox.received.length;
     const rejected = await post(target, user, badField());
@@ -170,7 +201,12 @@ describe.each(STORES)('per-user rate limit with the %s store', (_kind, storeEnv)
   describe('with a 1 s window', () => {
     let short: TestService;
     beforeAll(async () => {
-      short = await start({ ...storeEnv, REDIS_KEY_PREFIX: freshPrefix(), RATE_LIMIT_MAX: '1', RATE_LIMIT_WINDOW_SECONDS: '1' });
+      short = await start({
+        ...storeEnv,
+        REDIS_KEY_PREFIX: freshPrefix(),
+        RATE_LIMIT_MAX: '1',
+        RATE_LIMIT_WINDOW_SECONDS: '1',
+      });
     });
 
     it('when the window has passed, then the user who was refused is allowed again', async () => {
@@ -196,11 +232,15 @@ describe('rate limit under AUTH_MODE=none without a trusted proxy', () => {
     target = await start({ AUTH_MODE: 'none', AUTH_JWT_SECRET: undefined, RATE_LIMIT_MAX: '2', TRUST_PROXY: 'false' });
   });
 
-  it('when every request forges another X-Forwarded-For, then they all spend the one real client IP\'s budget', async () => {
+  it("when every request forges another X-Forwarded-For, then they all spend the one real client IP's budget", async () => {
     const form = (): TokenForm => ({ ...validForm(), fields: { ...validForm().fields, uuid: 'dev-user-1' } });
     const forwarded = ['203.0.113.1', '203.0.113.2', '198.51.100.7'];
-    expect((await postToken(target, form(), { Authorization: '', 'X-Forwarded-For': forwarded[0] ?? '' })).status).toBe(201);
-    expect((await postToken(target, form(), { Authorization: '', 'X-Forwarded-For': forwarded[1] ?? '' })).status).toBe(201);
+    expect((await postToken(target, form(), { Authorization: '', 'X-Forwarded-For': forwarded[0] ?? '' })).status).toBe(
+      201,
+    );
+    expect((await postToken(target, form(), { Authorization: '', 'X-Forwarded-For': forwarded[1] ?? '' })).status).toBe(
+      201,
+    );
     const before = target.sandbox.received.length;
     const refused = await postToken(target, form(), { Authorization: '', 'X-Forwarded-For': forwarded[2] ?? '' });
     expectProblem(refused, 429, 'RATE_LIMITED');
@@ -217,11 +257,12 @@ describe('FACEID_DAILY_BUDGET through Redis', () => {
   const budgetWarnings = (target: TestService): Array<Record<string, unknown>> =>
     target.log.lines().filter((line) => typeof line.msg === 'string' && line.msg.includes('FACEID_DAILY_BUDGET spent'));
 
-  it('when the day\'s 2 upstream calls are spent, then further requests get 503 UPSTREAM_BUSY with Retry-After to UTC midnight, no upstream call, and one warn line; local 400s spend nothing', async () => {
+  it("when the day's 2 upstream calls are spent, then further requests get 503 UPSTREAM_BUSY with Retry-After to UTC midnight, no upstream call, and one warn line; local 400s spend nothing", async () => {
     const target = await start({ REDIS_URL, REDIS_KEY_PREFIX: freshPrefix(), FACEID_DAILY_BUDGET: '2' });
 
     // Refused locally before any upstream call: these must not spend the budget.
-    for (let i = 0; i < 3; i++) expectProblem(await post(target, newUser(), badField()), 400, 'BAD_ARGUMENTS', 'liveness_timeout');
+    for (let i = 0; i < 3; i++)
+      expectProblem(await post(target, newUser(), badField()), 400, 'BAD_ARGUMENTS', 'liveness_timeout');
     expect(target.sandbox.received.length).toBe(0);
 
     expect((await post(target, newUser())).status).toBe(201);

@@ -1,9 +1,17 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import type supertest from 'supertest';
 import { freePort } from './helpers/free-port';
-import { postToken, signToken, startTestSandbox, startTestService, uniquePrefix, validForm, type TestService } from './helpers/test-service';
+import {
+  postToken,
+  signToken,
+  startTestSandbox,
+  startTestService,
+  type TestService,
+  uniquePrefix,
+  validForm,
+} from './helpers/test-service';
 
 /**
  * Issue 3, "Redis trouble does not take the service down": a private redis-server that this file starts,
@@ -14,7 +22,11 @@ import { postToken, signToken, startTestSandbox, startTestService, uniquePrefix,
 
 const PREFIX = uniquePrefix();
 /** Short reconnect back-off and timeouts (they are configuration) keep the outage and the return quick. */
-const REDIS_TUNING = { REDIS_CONNECT_TIMEOUT_MS: '500', REDIS_COMMAND_TIMEOUT_MS: '300', REDIS_MAX_RECONNECT_DELAY_MS: '200' };
+const REDIS_TUNING = {
+  REDIS_CONNECT_TIMEOUT_MS: '500',
+  REDIS_COMMAND_TIMEOUT_MS: '300',
+  REDIS_MAX_RECONNECT_DELAY_MS: '200',
+};
 
 const redisProcesses: ChildProcess[] = [];
 const services: TestService[] = [];
@@ -49,7 +61,11 @@ async function pingRedis(port: number): Promise<boolean> {
 }
 
 async function startRedis(port: number): Promise<ChildProcess> {
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  const child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    { stdio: 'ignore' },
+  );
   redisProcesses.push(child);
   await waitFor(() => pingRedis(port), 5_000, `redis-server on port ${port} did not answer`);
   return child;
@@ -71,7 +87,10 @@ async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs: n
 }
 
 async function start(env: Record<string, string>, sandbox: TestService['sandbox']): Promise<TestService> {
-  const target = await startTestService({ ...REDIS_TUNING, RATE_LIMIT_MAX: '2', RATE_LIMIT_WINDOW_SECONDS: '60', REDIS_KEY_PREFIX: PREFIX, ...env }, sandbox);
+  const target = await startTestService(
+    { ...REDIS_TUNING, RATE_LIMIT_MAX: '2', RATE_LIMIT_WINDOW_SECONDS: '60', REDIS_KEY_PREFIX: PREFIX, ...env },
+    sandbox,
+  );
   services.push(target);
   return target;
 }
@@ -143,7 +162,11 @@ describe('when Redis goes away and comes back', () => {
 
     // Back: same port, a fresh redis-server.
     redis = await startRedis(port);
-    await waitFor(async () => (await readiness(a)).body.status === 'ready', 5_000, '/readyz did not return to ready after Redis came back');
+    await waitFor(
+      async () => (await readiness(a)).body.status === 'ready',
+      5_000,
+      '/readyz did not return to ready after Redis came back',
+    );
     const back = await readiness(a);
     expect(back.httpStatus).toBe(200);
     expect(back.body.checks.redis).toBe('ok');
@@ -151,7 +174,11 @@ describe('when Redis goes away and comes back', () => {
 
     // Shared again: a second instance on the same Redis sees what the first spent.
     const b = await start({ REDIS_URL: redisUrl }, sandbox);
-    await waitFor(async () => (await readiness(b)).body.status === 'ready', 3_000, 'the second instance never reached Redis');
+    await waitFor(
+      async () => (await readiness(b)).body.status === 'ready',
+      3_000,
+      'the second instance never reached Redis',
+    );
     const shared = newUser();
     expect((await post(a, shared)).status).toBe(201);
     expect((await post(b, shared)).status).toBe(201);
@@ -178,14 +205,22 @@ describe('when Redis goes away and comes back', () => {
     expect(ready.httpStatus).toBe(200);
     expect(ready.body.status).toBe('degraded');
     expect(ready.body.checks.redis).toMatch(/unreachable/);
-    await waitFor(() => logLinesMatching(target, /Redis unreachable/i).length > 0, 2_000, 'no log line about Redis being unreachable');
+    await waitFor(
+      () => logLinesMatching(target, /Redis unreachable/i).length > 0,
+      2_000,
+      'no log line about Redis being unreachable',
+    );
     await new Promise((resolve) => setTimeout(resolve, 500));
     expect(logLinesMatching(target, /Redis unreachable/i)).toHaveLength(1);
 
     // And when a Redis appears there later, the service picks it up by itself. (This also lets the client
     // close cleanly: ioredis leaves a 2 s timer behind when it is closed while still reconnecting.)
     await startRedis(port);
-    await waitFor(async () => (await readiness(target)).body.status === 'ready', 5_000, '/readyz did not turn ready once Redis appeared');
+    await waitFor(
+      async () => (await readiness(target)).body.status === 'ready',
+      5_000,
+      '/readyz did not turn ready once Redis appeared',
+    );
     expect((await readiness(target)).body.checks.redis).toBe('ok');
   });
 });

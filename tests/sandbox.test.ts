@@ -1,5 +1,5 @@
-import FormData from 'form-data';
 import http from 'node:http';
+import FormData from 'form-data';
 import { freshSign, sign } from '../src/faceid/sign';
 import type { Sandbox } from '../src/sandbox/sandbox-server';
 import { jpeg, truncated } from './fixtures/images';
@@ -53,7 +53,8 @@ interface FaceIdAnswer {
 async function post(parts: Parts = validParts()): Promise<FaceIdAnswer> {
   const form = new FormData();
   for (const [name, value] of Object.entries(parts.fields ?? {})) if (value !== undefined) form.append(name, value);
-  for (const [name, bytes] of Object.entries(parts.files ?? {})) form.append(name, bytes, { filename: `${name}.jpg`, contentType: 'image/jpeg' });
+  for (const [name, bytes] of Object.entries(parts.files ?? {}))
+    form.append(name, bytes, { filename: `${name}.jpg`, contentType: 'image/jpeg' });
   const body = form.getBuffer();
   const response = await fetch(`${sandbox.url}${PATH}`, { method: 'POST', headers: form.getHeaders(), body });
   const text = await response.text();
@@ -99,15 +100,27 @@ describe('the sandbox get_biz_token', () => {
   });
 
   test('when sign_version is not hmac_sha1, then it answers 400 BAD_ARGUMENTS: sign_version', async () => {
-    expectFaceIdError(await post(validParts({ fields: { sign_version: 'hmac_sha256' } })), 400, 'BAD_ARGUMENTS: sign_version');
+    expectFaceIdError(
+      await post(validParts({ fields: { sign_version: 'hmac_sha256' } })),
+      400,
+      'BAD_ARGUMENTS: sign_version',
+    );
   });
 
   test('when the sign was made with a wrong secret, then it answers 403 AUTHENTICATION_ERROR', async () => {
-    expectFaceIdError(await post(validParts({ fields: { sign: freshSign(SANDBOX_KEY, 'wrong') } })), 403, 'AUTHENTICATION_ERROR');
+    expectFaceIdError(
+      await post(validParts({ fields: { sign: freshSign(SANDBOX_KEY, 'wrong') } })),
+      403,
+      'AUTHENTICATION_ERROR',
+    );
   });
 
   test('when the sign was made for another api_key, then it answers 403 AUTHENTICATION_ERROR', async () => {
-    expectFaceIdError(await post(validParts({ fields: { sign: freshSign('another-key', SANDBOX_SECRET) } })), 403, 'AUTHENTICATION_ERROR');
+    expectFaceIdError(
+      await post(validParts({ fields: { sign: freshSign('another-key', SANDBOX_SECRET) } })),
+      403,
+      'AUTHENTICATION_ERROR',
+    );
   });
 
   test('when the sign is not a sign at all, then it answers 403 AUTHENTICATION_ERROR', async () => {
@@ -116,13 +129,25 @@ describe('the sandbox get_biz_token', () => {
 
   test('when the sign expired (expire_time in the past), then it answers 403 AUTHORIZATION_ERROR: EXPIRED_SIGN', async () => {
     const now = Math.floor(Date.now() / 1000);
-    const expired = sign({ apiKey: SANDBOX_KEY, apiSecret: SANDBOX_SECRET, currentTime: now - 120, expireTime: now - 60, random: '12345' });
+    const expired = sign({
+      apiKey: SANDBOX_KEY,
+      apiSecret: SANDBOX_SECRET,
+      currentTime: now - 120,
+      expireTime: now - 60,
+      random: '12345',
+    });
     expectFaceIdError(await post(validParts({ fields: { sign: expired } })), 403, 'AUTHORIZATION_ERROR: EXPIRED_SIGN');
   });
 
   test('when a single-use sign (expire_time 0) is used twice, then the first is accepted and the second refused with 403', async () => {
     const now = Math.floor(Date.now() / 1000);
-    const once = sign({ apiKey: SANDBOX_KEY, apiSecret: SANDBOX_SECRET, currentTime: now, expireTime: 0, random: '987654321' });
+    const once = sign({
+      apiKey: SANDBOX_KEY,
+      apiSecret: SANDBOX_SECRET,
+      currentTime: now,
+      expireTime: 0,
+      random: '987654321',
+    });
     const first = await post(validParts({ fields: { sign: once } }));
     expect(first.status).toBe(200);
     expect(first.json?.biz_token).toMatch(/^\d{10},[0-9a-f-]{36}$/);
@@ -137,7 +162,11 @@ describe('the sandbox get_biz_token', () => {
   });
 
   test('when liveness_timeout is 61, then it answers 400 BAD_ARGUMENTS: liveness_timeout', async () => {
-    expectFaceIdError(await post(validParts({ fields: { liveness_timeout: '61' } })), 400, 'BAD_ARGUMENTS: liveness_timeout');
+    expectFaceIdError(
+      await post(validParts({ fields: { liveness_timeout: '61' } })),
+      400,
+      'BAD_ARGUMENTS: liveness_timeout',
+    );
   });
 
   test('when liveness_timeout is 60, then it is accepted', async () => {
@@ -160,30 +189,39 @@ describe('the sandbox get_biz_token', () => {
 
   test('when Content-Length announces more than 20 MB, then it answers 413 text/plain "Request Entity Too Large"', async () => {
     const before = sandbox.received.length;
-    const { status, contentType, text } = await new Promise<{ status: number; contentType: string; text: string }>((resolve, reject) => {
-      const url = new URL(`${sandbox.url}${PATH}`);
-      const req = http.request(
-        {
-          host: url.hostname,
-          port: url.port,
-          path: url.pathname,
-          method: 'POST',
-          headers: { 'Content-Type': 'multipart/form-data; boundary=xyz', 'Content-Length': String(20 * 1024 * 1024 + 1) },
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (chunk: Buffer) => chunks.push(chunk));
-          res.on('end', () => {
-            resolve({ status: res.statusCode ?? 0, contentType: String(res.headers['content-type'] ?? ''), text: Buffer.concat(chunks).toString('utf8') });
-            req.destroy();
-          });
-          res.on('error', reject);
-        },
-      );
-      req.on('error', reject);
-      // Only the start of the announced body: the sandbox must answer from the header alone.
-      req.write('--xyz\r\n');
-    });
+    const { status, contentType, text } = await new Promise<{ status: number; contentType: string; text: string }>(
+      (resolve, reject) => {
+        const url = new URL(`${sandbox.url}${PATH}`);
+        const req = http.request(
+          {
+            host: url.hostname,
+            port: url.port,
+            path: url.pathname,
+            method: 'POST',
+            headers: {
+              'Content-Type': 'multipart/form-data; boundary=xyz',
+              'Content-Length': String(20 * 1024 * 1024 + 1),
+            },
+          },
+          (res) => {
+            const chunks: Buffer[] = [];
+            res.on('data', (chunk: Buffer) => chunks.push(chunk));
+            res.on('end', () => {
+              resolve({
+                status: res.statusCode ?? 0,
+                contentType: String(res.headers['content-type'] ?? ''),
+                text: Buffer.concat(chunks).toString('utf8'),
+              });
+              req.destroy();
+            });
+            res.on('error', reject);
+          },
+        );
+        req.on('error', reject);
+        // Only the start of the announced body: the sandbox must answer from the header alone.
+        req.write('--xyz\r\n');
+      },
+    );
     expect(status).toBe(413);
     expect(contentType).toMatch(/^text\/plain/);
     expect(text).toBe('Request Entity Too Large');
@@ -219,7 +257,11 @@ describe('the sandbox control endpoint', () => {
 
   test('when a scenario is set, then a wrong sign is still refused first (the sign is checked before any outcome)', async () => {
     expect((await putScenario(JSON.stringify({ outcome: 'INTERNAL_ERROR', times: 1 }))).status).toBe(200);
-    expectFaceIdError(await post(validParts({ fields: { sign: freshSign(SANDBOX_KEY, 'wrong') } })), 403, 'AUTHENTICATION_ERROR');
+    expectFaceIdError(
+      await post(validParts({ fields: { sign: freshSign(SANDBOX_KEY, 'wrong') } })),
+      403,
+      'AUTHENTICATION_ERROR',
+    );
   });
 
   test('when GET /sandbox/stats is asked, then it reports the connections and the requests received', async () => {
@@ -239,9 +281,12 @@ describe('the sandbox control endpoint', () => {
     ['a fractional latency', JSON.stringify({ latencyMs: 1.5 })],
     ['text that is not JSON', 'not json'],
     ['JSON null', 'null'],
-  ])('when PUT /sandbox/scenario gets %s, then it answers 400 and the sandbox keeps answering normally', async (_what, body) => {
-    const response = await putScenario(body);
-    expect(response.status).toBe(400);
-    expect((await post()).status).toBe(200);
-  });
+  ])(
+    'when PUT /sandbox/scenario gets %s, then it answers 400 and the sandbox keeps answering normally',
+    async (_what, body) => {
+      const response = await putScenario(body);
+      expect(response.status).toBe(400);
+      expect((await post()).status).toBe(200);
+    },
+  );
 });

@@ -1,5 +1,5 @@
 import { createHmac, createSecretKey } from 'node:crypto';
-import { decodeSign, freshSign, sign, SIGN_VERSION } from '../src/faceid/sign';
+import { decodeSign, freshSign, SIGN_VERSION, sign } from '../src/faceid/sign';
 
 /**
  * FaceID request signing, checked against the seed's test vectors and formula.
@@ -38,10 +38,21 @@ describe('sign (the seed formula)', () => {
     },
   );
 
-  test.each(VECTORS)('when the secret is given as a key made from its UTF-8 bytes (expire $expireTime), then the seed vector comes out the same', (vector) => {
-    const secretKey = createSecretKey(Buffer.from(SECRET, 'utf8'));
-    expect(sign({ apiKey: KEY, apiSecret: secretKey, expireTime: vector.expireTime, currentTime: vector.currentTime, random: vector.random })).toBe(vector.sign);
-  });
+  test.each(VECTORS)(
+    'when the secret is given as a key made from its UTF-8 bytes (expire $expireTime), then the seed vector comes out the same',
+    (vector) => {
+      const secretKey = createSecretKey(Buffer.from(SECRET, 'utf8'));
+      expect(
+        sign({
+          apiKey: KEY,
+          apiSecret: secretKey,
+          expireTime: vector.expireTime,
+          currentTime: vector.currentTime,
+          random: vector.random,
+        }),
+      ).toBe(vector.sign);
+    },
+  );
 
   test('when the seed vectors are decoded, then they give back key, times and random with leading zeros kept', () => {
     const first = decodeSign(VECTORS[0]!.sign);
@@ -110,12 +121,29 @@ describe('freshSign', () => {
 
 describe('decodeSign', () => {
   test('when a sign is decoded, then it round-trips to the same fields and sign', () => {
-    const input = { apiKey: 'key-x', apiSecret: 'secret-y', expireTime: 1800000060, currentTime: 1800000000, random: '0000000007' };
+    const input = {
+      apiKey: 'key-x',
+      apiSecret: 'secret-y',
+      expireTime: 1800000060,
+      currentTime: 1800000000,
+      random: '0000000007',
+    };
     const decoded = decodeSign(sign(input));
-    expect(decoded).toMatchObject({ apiKey: 'key-x', expireTime: 1800000060, currentTime: 1800000000, random: '0000000007' });
-    expect(sign({ apiKey: decoded!.apiKey, apiSecret: 'secret-y', expireTime: decoded!.expireTime, currentTime: decoded!.currentTime, random: decoded!.random })).toBe(
-      sign(input),
-    );
+    expect(decoded).toMatchObject({
+      apiKey: 'key-x',
+      expireTime: 1800000060,
+      currentTime: 1800000000,
+      random: '0000000007',
+    });
+    expect(
+      sign({
+        apiKey: decoded!.apiKey,
+        apiSecret: 'secret-y',
+        expireTime: decoded!.expireTime,
+        currentTime: decoded!.currentTime,
+        random: decoded!.random,
+      }),
+    ).toBe(sign(input));
   });
 
   test('when the digest is checked with a wrong secret, then it does not match', () => {
@@ -128,19 +156,33 @@ describe('decodeSign', () => {
 
   test('when the raw string was tampered with, then the digest no longer matches', () => {
     const { digest, raw } = rawOf(freshSign(KEY, SECRET));
-    const tampered = Buffer.concat([digest, Buffer.from(raw.replace(/&b=\d+/, '&b=9999999999'), 'utf8')]).toString('base64');
+    const tampered = Buffer.concat([digest, Buffer.from(raw.replace(/&b=\d+/, '&b=9999999999'), 'utf8')]).toString(
+      'base64',
+    );
     expect(decodeSign(tampered)?.digestMatches(SECRET)).toBe(false);
   });
 
   test.each([
     ['an empty string', ''],
     ['text that is not Base64', 'not a sign at all!'],
-    ['URL-safe Base64', freshSign(KEY, SECRET).replace(/\+/g, '-').replace(/\//g, '_') + '-_'],
+    ['URL-safe Base64', `${freshSign(KEY, SECRET).replace(/\+/g, '-').replace(/\//g, '_')}-_`],
     ['Base64 of fewer than 21 bytes', Buffer.alloc(20, 1).toString('base64')],
-    ['a digest followed by text that is no raw string', Buffer.concat([Buffer.alloc(20, 1), Buffer.from('hello world')]).toString('base64')],
-    ['a raw string with an 11-digit random', Buffer.concat([Buffer.alloc(20), Buffer.from('a=k&b=1&c=0&d=12345678901')]).toString('base64')],
-    ['a raw string without the key', Buffer.concat([Buffer.alloc(20), Buffer.from('a=&b=1&c=0&d=1')]).toString('base64')],
-    ['a raw string with non-numeric times', Buffer.concat([Buffer.alloc(20), Buffer.from('a=k&b=x&c=0&d=1')]).toString('base64')],
+    [
+      'a digest followed by text that is no raw string',
+      Buffer.concat([Buffer.alloc(20, 1), Buffer.from('hello world')]).toString('base64'),
+    ],
+    [
+      'a raw string with an 11-digit random',
+      Buffer.concat([Buffer.alloc(20), Buffer.from('a=k&b=1&c=0&d=12345678901')]).toString('base64'),
+    ],
+    [
+      'a raw string without the key',
+      Buffer.concat([Buffer.alloc(20), Buffer.from('a=&b=1&c=0&d=1')]).toString('base64'),
+    ],
+    [
+      'a raw string with non-numeric times',
+      Buffer.concat([Buffer.alloc(20), Buffer.from('a=k&b=x&c=0&d=1')]).toString('base64'),
+    ],
     ['a sign with a line break inside', `${freshSign(KEY, SECRET).slice(0, 20)}\n${freshSign(KEY, SECRET).slice(20)}`],
   ])('when %s is decoded, then the answer is undefined', (_what, text) => {
     expect(decodeSign(text)).toBeUndefined();

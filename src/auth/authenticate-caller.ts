@@ -1,5 +1,5 @@
 import { createHmac, createPublicKey, createSecretKey, type KeyObject } from 'node:crypto';
-import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTVerifyResult } from 'jose';
+import { createRemoteJWKSet, type JWTVerifyResult, errors as joseErrors, jwtVerify } from 'jose';
 import type { Logger } from 'pino';
 import type { Config } from '../config/load-config';
 import { ConfigError } from '../config/load-config';
@@ -17,7 +17,19 @@ export interface Caller {
 export type AuthenticateCaller = (authorization: string | undefined, clientAddress: () => string) => Promise<Caller>;
 
 const JWKS_UNAVAILABLE = 'the signing keys could not be fetched';
-const ASYMMETRIC_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'];
+const ASYMMETRIC_ALGORITHMS = [
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+  'ES256',
+  'ES384',
+  'ES512',
+  'EdDSA',
+  'Ed25519',
+];
 
 /** Caps on fetching the JWKS, so a slow identity provider cannot hold requests for long. */
 const JWKS_OPTIONS = { timeoutDuration: 3_000, cooldownDuration: 30_000, cacheMaxAge: 10 * 60_000 };
@@ -40,7 +52,8 @@ export function createCallerAuthenticator(auth: Config['auth'], log: Logger): Au
     if (token === undefined) throw unauthenticated('send a JWT as `Authorization: Bearer <token>`');
     try {
       const { payload } = await verify(token);
-      if (typeof payload.sub !== 'string' || payload.sub.length === 0) throw unauthenticated('the token has no subject');
+      if (typeof payload.sub !== 'string' || payload.sub.length === 0)
+        throw unauthenticated('the token has no subject');
       const id = pseudonym(`sub:${payload.sub}`);
       return { id, uuid: id };
     } catch (error) {
@@ -98,9 +111,9 @@ function algorithmsFor(key: KeyObject): string[] {
 function rejectionReason(error: unknown): string {
   if (error instanceof joseErrors.JWTExpired) return 'the token has expired';
   if (error instanceof joseErrors.JWTClaimValidationFailed) return `the token's ${error.claim} claim is not accepted`;
-  if (error instanceof joseErrors.JOSEAlgNotAllowed) return 'the token\'s algorithm is not accepted';
+  if (error instanceof joseErrors.JOSEAlgNotAllowed) return "the token's algorithm is not accepted";
   if (error instanceof joseErrors.JWKSNoMatchingKey) return 'no signing key matches the token';
-  if (error instanceof joseErrors.JWSSignatureVerificationFailed) return 'the token\'s signature is not valid';
+  if (error instanceof joseErrors.JWSSignatureVerificationFailed) return "the token's signature is not valid";
   if (error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JWKSInvalid) return JWKS_UNAVAILABLE;
   // jose raises its own errors for every token problem; anything else came from fetching the JWKS.
   if (!(error instanceof joseErrors.JOSEError)) return JWKS_UNAVAILABLE;

@@ -2,7 +2,7 @@ import { createPublicKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type { ComparisonType, LivenessType } from '../faceid/parameters';
-import { envSchema, type Env } from './schema';
+import { type Env, envSchema } from './schema';
 
 export interface FaceIdCredentials {
   apiKey: string;
@@ -80,7 +80,9 @@ export function loadConfig(source: NodeJS.ProcessEnv): Config {
     problems.push(...parsed.error.issues.map((issue) => `${issue.path.join('.') || 'environment'}: ${issue.message}`));
     // Check the rest too, with the malformed values left out, so one start-up error names every problem.
     const malformed = new Set(parsed.error.issues.map((issue) => String(issue.path[0])));
-    const rest = envSchema.safeParse(Object.fromEntries(Object.entries(present).filter(([name]) => !malformed.has(name))));
+    const rest = envSchema.safeParse(
+      Object.fromEntries(Object.entries(present).filter(([name]) => !malformed.has(name))),
+    );
     if (!rest.success) throw new ConfigError(problems);
     env = rest.data;
   }
@@ -95,10 +97,13 @@ export function loadConfig(source: NodeJS.ProcessEnv): Config {
   }
   if (production) {
     if (!env.FACEID_BASE_URL.startsWith('https://')) problems.push('FACEID_BASE_URL: must use https in production');
-    if (env.FACEID_API_KEY === undefined) problems.push('FACEID_API_KEY: required in production (the sandbox is for development)');
+    if (env.FACEID_API_KEY === undefined)
+      problems.push('FACEID_API_KEY: required in production (the sandbox is for development)');
   }
 
-  const keySources = [env.AUTH_JWT_SECRET, env.AUTH_JWT_PUBLIC_KEY, env.AUTH_JWKS_URL].filter((value) => value !== undefined);
+  const keySources = [env.AUTH_JWT_SECRET, env.AUTH_JWT_PUBLIC_KEY, env.AUTH_JWKS_URL].filter(
+    (value) => value !== undefined,
+  );
   const authMode = env.AUTH_MODE ?? (keySources.length > 0 ? 'jwt' : production ? undefined : 'none');
   if (authMode === undefined) {
     problems.push('AUTH_MODE: production needs JWT auth: set AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY or AUTH_JWKS_URL');
@@ -137,7 +142,10 @@ export function loadConfig(source: NodeJS.ProcessEnv): Config {
     logLevel: env.LOG_LEVEL,
     faceid: {
       baseUrl: env.FACEID_BASE_URL.replace(/\/+$/, ''),
-      credentials: env.FACEID_API_KEY !== undefined && apiSecret !== undefined ? { apiKey: env.FACEID_API_KEY, apiSecret } : undefined,
+      credentials:
+        env.FACEID_API_KEY !== undefined && apiSecret !== undefined
+          ? { apiKey: env.FACEID_API_KEY, apiSecret }
+          : undefined,
       timeoutMs: env.FACEID_TIMEOUT_MS,
       maxRetries: env.FACEID_MAX_RETRIES,
       maxConcurrency: env.FACEID_MAX_CONCURRENCY,
@@ -172,7 +180,10 @@ export function loadConfig(source: NodeJS.ProcessEnv): Config {
       securityLevel: env.POLICY_SECURITY_LEVEL,
       forceCompare: env.POLICY_FORCE_COMPARE,
     },
-    corsOrigins: env.CORS_ORIGINS?.split(',').map((origin) => origin.trim()).filter((origin) => origin.length > 0) ?? [],
+    corsOrigins:
+      env.CORS_ORIGINS?.split(',')
+        .map((origin) => origin.trim())
+        .filter((origin) => origin.length > 0) ?? [],
     metricsPort: env.METRICS_PORT,
     docsEnabled: env.DOCS_ENABLED,
     shutdownTimeoutMs: env.SHUTDOWN_TIMEOUT_MS,
@@ -211,7 +222,10 @@ function parseTrustProxy(text: string, problems: string[]): boolean | number | s
   if (value === 'false' || value === '') return false;
   if (value === 'true') return true;
   if (/^\d+$/.test(value)) return Number(value);
-  const entries = value.split(',').map((entry) => entry.trim()).filter((entry) => entry.length > 0);
+  const entries = value
+    .split(',')
+    .map((entry) => entry.trim())
+    .filter((entry) => entry.length > 0);
   const named = new Set(['loopback', 'linklocal', 'uniquelocal']);
   const bad = entries.filter((entry) => !named.has(entry) && isIP(entry.split('/')[0] ?? '') === 0);
   if (bad.length > 0) problems.push(`TRUST_PROXY: not an address, CIDR or hop count: ${bad.join(', ')}`);

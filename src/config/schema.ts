@@ -14,7 +14,12 @@ const booleanText = z.enum(['true', 'false']).transform((value) => value === 'tr
 const csv = <T extends string>(values: readonly [T, ...T[]]) =>
   z
     .string()
-    .transform((text) => text.split(',').map((part) => part.trim()).filter((part) => part.length > 0))
+    .transform((text) =>
+      text
+        .split(',')
+        .map((part) => part.trim())
+        .filter((part) => part.length > 0),
+    )
     .pipe(z.array(z.enum(values)).min(1, 'must name at least one value'));
 
 export const envSchema = z.object({
@@ -23,10 +28,7 @@ export const envSchema = z.object({
     .default('development')
     .describe('`production` turns on the start-up refusals (HTTPS FaceID, real keys, JWT auth, UUID_SALT).'),
   PORT: integer(0, 65535).default(3000).describe('Port of the public API.'),
-  LOG_LEVEL: z
-    .enum(LOG_LEVELS)
-    .default('info')
-    .describe('pino log level.'),
+  LOG_LEVEL: z.enum(LOG_LEVELS).default('info').describe('pino log level.'),
 
   FACEID_BASE_URL: z
     .url({ protocol: /^https?$/ })
@@ -37,31 +39,73 @@ export const envSchema = z.object({
       return url === undefined || (url.username === '' && url.password === '');
     }, 'no user or password in the URL')
     .default('https://api.megvii.com')
-    .describe('FaceID host; the service posts to `<base>/faceid/v3/sdk/get_biz_token`. Regional hosts: api-sgp, api-idn.'),
+    .describe(
+      'FaceID host; the service posts to `<base>/faceid/v3/sdk/get_biz_token`. Regional hosts: api-sgp, api-idn.',
+    ),
   FACEID_API_KEY: optionalText.describe('FaceID api_key. Unset outside production: the built-in sandbox is used.'),
   FACEID_API_SECRET: optionalText.describe('FaceID api_secret. Never logged.'),
-  FACEID_API_SECRET_FILE: optionalText.describe('Path of a file holding the api_secret (container secrets); excludes FACEID_API_SECRET.'),
-  FACEID_TIMEOUT_MS: integer(100, 120_000).default(10_000).describe('Bound on the whole upstream exchange, retries included.'),
-  FACEID_MAX_RETRIES: integer(0, 10).default(2).describe('Retries of INTERNAL_ERROR, CONCURRENCY_LIMIT_EXCEEDED and failed connections.'),
-  FACEID_MAX_CONCURRENCY: integer(1, 10_000).default(32).describe('Most FaceID calls in flight at once (the account concurrency limit).'),
-  FACEID_QUEUE_TIMEOUT_MS: integer(0, 60_000).default(2_000).describe('Longest wait for a free upstream slot before 503 UPSTREAM_BUSY.'),
-  FACEID_BREAKER_FAILURES: integer(1, 1000).default(5).describe('Consecutive upstream failures (timeouts, 5xx, lost connections) that open the circuit breaker.'),
-  FACEID_BREAKER_OPEN_MS: integer(100, 600_000).default(10_000).describe('How long the open breaker fails fast before one probe call.'),
-  FACEID_DAILY_BUDGET: integer(1, 1_000_000_000).optional().describe('Optional ceiling on upstream calls per UTC day, shared through Redis.'),
+  FACEID_API_SECRET_FILE: optionalText.describe(
+    'Path of a file holding the api_secret (container secrets); excludes FACEID_API_SECRET.',
+  ),
+  FACEID_TIMEOUT_MS: integer(100, 120_000)
+    .default(10_000)
+    .describe('Bound on the whole upstream exchange, retries included.'),
+  FACEID_MAX_RETRIES: integer(0, 10)
+    .default(2)
+    .describe('Retries of INTERNAL_ERROR, CONCURRENCY_LIMIT_EXCEEDED and failed connections.'),
+  FACEID_MAX_CONCURRENCY: integer(1, 10_000)
+    .default(32)
+    .describe('Most FaceID calls in flight at once (the account concurrency limit).'),
+  FACEID_QUEUE_TIMEOUT_MS: integer(0, 60_000)
+    .default(2_000)
+    .describe('Longest wait for a free upstream slot before 503 UPSTREAM_BUSY.'),
+  FACEID_BREAKER_FAILURES: integer(1, 1000)
+    .default(5)
+    .describe('Consecutive upstream failures (timeouts, 5xx, lost connections) that open the circuit breaker.'),
+  FACEID_BREAKER_OPEN_MS: integer(100, 600_000)
+    .default(10_000)
+    .describe('How long the open breaker fails fast before one probe call.'),
+  FACEID_DAILY_BUDGET: integer(1, 1_000_000_000)
+    .optional()
+    .describe('Optional ceiling on upstream calls per UTC day, shared through Redis.'),
 
-  AUTH_MODE: z.enum(['jwt', 'none']).optional().describe('`jwt` (default when a key source is set) or `none` (development only).'),
-  AUTH_JWT_SECRET: z.string().min(32, 'must be at least 32 characters').optional().describe('HS256 shared secret for caller JWTs.'),
-  AUTH_JWT_PUBLIC_KEY: optionalText.describe('PEM public key (RSA, EC or Ed25519) for caller JWTs; `\\n` escapes are accepted.'),
-  AUTH_JWKS_URL: z.url({ protocol: /^https?$/ }).optional().describe('JWKS URL for caller JWTs; keys are cached and refreshed.'),
+  AUTH_MODE: z
+    .enum(['jwt', 'none'])
+    .optional()
+    .describe('`jwt` (default when a key source is set) or `none` (development only).'),
+  AUTH_JWT_SECRET: z
+    .string()
+    .min(32, 'must be at least 32 characters')
+    .optional()
+    .describe('HS256 shared secret for caller JWTs.'),
+  AUTH_JWT_PUBLIC_KEY: optionalText.describe(
+    'PEM public key (RSA, EC or Ed25519) for caller JWTs; `\\n` escapes are accepted.',
+  ),
+  AUTH_JWKS_URL: z
+    .url({ protocol: /^https?$/ })
+    .optional()
+    .describe('JWKS URL for caller JWTs; keys are cached and refreshed.'),
   AUTH_JWT_ISSUER: optionalText.describe('Required `iss` of caller JWTs.'),
   AUTH_JWT_AUDIENCE: optionalText.describe('Required `aud` of caller JWTs.'),
   AUTH_CLOCK_TOLERANCE_SECONDS: integer(0, 300).default(5).describe('Clock skew allowed on `exp` and `nbf`.'),
-  UUID_SALT: z.string().min(16, 'must be at least 16 characters').optional().describe('Secret salt of the pseudonymous user id sent to FaceID as `uuid`; required in production.'),
+  UUID_SALT: z
+    .string()
+    .min(16, 'must be at least 16 characters')
+    .optional()
+    .describe('Secret salt of the pseudonymous user id sent to FaceID as `uuid`; required in production.'),
 
-  REDIS_URL: optionalText.describe('Redis shared by all instances (limits, budget, idempotency). Unset: per-process memory.'),
-  REDIS_KEY_PREFIX: z.string().regex(/^[\w:.-]{1,64}$/, 'letters, digits, _ : . - only').default('faceid-token:').describe('Prefix of every Redis key.'),
+  REDIS_URL: optionalText.describe(
+    'Redis shared by all instances (limits, budget, idempotency). Unset: per-process memory.',
+  ),
+  REDIS_KEY_PREFIX: z
+    .string()
+    .regex(/^[\w:.-]{1,64}$/, 'letters, digits, _ : . - only')
+    .default('faceid-token:')
+    .describe('Prefix of every Redis key.'),
   REDIS_CONNECT_TIMEOUT_MS: integer(100, 60_000).default(2_000).describe('Redis connect timeout.'),
-  REDIS_COMMAND_TIMEOUT_MS: integer(50, 60_000).default(500).describe('Redis command timeout; past it the per-process fallback answers.'),
+  REDIS_COMMAND_TIMEOUT_MS: integer(50, 60_000)
+    .default(500)
+    .describe('Redis command timeout; past it the per-process fallback answers.'),
   REDIS_MAX_RECONNECT_DELAY_MS: integer(100, 60_000).default(2_000).describe('Upper bound of the reconnect back-off.'),
 
   RATE_LIMIT_MAX: integer(1, 1_000_000).default(5).describe('Token requests per user per window.'),
@@ -71,13 +115,21 @@ export const envSchema = z.object({
     .default('false')
     .describe('Express `trust proxy`: `false`, a hop count, or comma-separated addresses/CIDRs of your proxies.'),
 
-  POLICY_LIVENESS_TYPES: csv(LIVENESS_TYPES).prefault(LIVENESS_TYPES.join(',')).describe('Liveness types callers may ask for.'),
-  POLICY_COMPARISON_TYPES: csv(COMPARISON_TYPES).prefault(COMPARISON_TYPES.join(',')).describe('Comparison types callers may ask for.'),
+  POLICY_LIVENESS_TYPES: csv(LIVENESS_TYPES)
+    .prefault(LIVENESS_TYPES.join(','))
+    .describe('Liveness types callers may ask for.'),
+  POLICY_COMPARISON_TYPES: csv(COMPARISON_TYPES)
+    .prefault(COMPARISON_TYPES.join(','))
+    .describe('Comparison types callers may ask for.'),
   POLICY_SECURITY_LEVEL: z.enum(SECURITY_LEVELS).default('2').describe('`security_level` sent on every request.'),
   POLICY_FORCE_COMPARE: flag.default('0').describe('`force_compare` sent on every request.'),
 
-  UPLOAD_MEMORY_MB: integer(MAX_REQUEST_BYTES / 1024 / 1024, 4096).default(32).describe('Request bodies held in memory at once, in MiB; further uploads wait unread.'),
-  UPLOAD_QUEUE_TIMEOUT_MS: integer(0, 120_000).default(10_000).describe('Longest wait of an upload for memory before 503 UPSTREAM_BUSY.'),
+  UPLOAD_MEMORY_MB: integer(MAX_REQUEST_BYTES / 1024 / 1024, 4096)
+    .default(32)
+    .describe('Request bodies held in memory at once, in MiB; further uploads wait unread.'),
+  UPLOAD_QUEUE_TIMEOUT_MS: integer(0, 120_000)
+    .default(10_000)
+    .describe('Longest wait of an upload for memory before 503 UPSTREAM_BUSY.'),
   CORS_ORIGINS: optionalText.describe('Comma-separated origins allowed by CORS; unset: CORS closed.'),
   METRICS_PORT: integer(1, 65535).optional().describe('Serve /metrics on this port only (not on PORT).'),
   DOCS_ENABLED: booleanText.prefault('true').describe('Serve the API docs at /docs.'),

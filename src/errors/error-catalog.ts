@@ -12,7 +12,11 @@ export interface ErrorEntry {
 }
 
 export const ERROR_CATALOG = {
-  MISSING_ARGUMENTS: { status: 400, when: 'A required field is missing.', example: { detail: 'image_ref1 is required', param: 'image_ref1' } },
+  MISSING_ARGUMENTS: {
+    status: 400,
+    when: 'A required field is missing.',
+    example: { detail: 'image_ref1 is required', param: 'image_ref1' },
+  },
   BAD_ARGUMENTS: {
     status: 400,
     when: 'A field is malformed, out of range, not allowed with the chosen types, unknown, repeated, or set by the service.',
@@ -28,14 +32,29 @@ export const ERROR_CATALOG = {
     when: `An image is wider or taller than ${MAX_IMAGE_SIDE} pixels.`,
     example: { detail: `image_ref1 is wider or taller than ${MAX_IMAGE_SIDE} pixels`, param: 'image_ref1' },
   },
-  NO_FACE_FOUND: { status: 400, when: 'FaceID found no face in an image.', example: { detail: 'FaceID: NO_FACE_FOUND (image_ref1)', param: 'image_ref1' } },
-  MULTIPLE_FACES: { status: 400, when: 'FaceID found several faces in `image`.', example: { detail: 'FaceID: MULTIPLE_FACES (image)', param: 'image' } },
-  LOW_QUALITY: { status: 400, when: 'The face in `image` is of too low a quality.', example: { detail: 'FaceID: LOW_QUALITY (image)', param: 'image' } },
+  NO_FACE_FOUND: {
+    status: 400,
+    when: 'FaceID found no face in an image.',
+    example: { detail: 'FaceID: NO_FACE_FOUND (image_ref1)', param: 'image_ref1' },
+  },
+  MULTIPLE_FACES: {
+    status: 400,
+    when: 'FaceID found several faces in `image`.',
+    example: { detail: 'FaceID: MULTIPLE_FACES (image)', param: 'image' },
+  },
+  LOW_QUALITY: {
+    status: 400,
+    when: 'The face in `image` is of too low a quality.',
+    example: { detail: 'FaceID: LOW_QUALITY (image)', param: 'image' },
+  },
   UNAUTHENTICATED: { status: 401, when: 'No or an invalid caller JWT.', example: { detail: 'the token has expired' } },
   COMPARISON_TYPE_NOT_PERMITTED: {
     status: 403,
     when: 'The FaceID account may not use this comparison type.',
-    example: { detail: 'the FaceID account may not compare with the authoritative data source (comparison_type 1)', param: 'comparison_type' },
+    example: {
+      detail: 'the FaceID account may not compare with the authoritative data source (comparison_type 1)',
+      param: 'comparison_type',
+    },
   },
   NOT_FOUND: { status: 404, when: 'No such route.', example: { detail: 'no route for GET /v1/nothing' } },
   IDEMPOTENCY_KEY_REUSED: {
@@ -48,9 +67,21 @@ export const ERROR_CATALOG = {
     when: `The request is over ${MAX_REQUEST_BYTES / 1024 / 1024} MiB (the service's limit, or FaceID's own 413).`,
     example: { detail: `the request is larger than ${MAX_REQUEST_BYTES} bytes` },
   },
-  UNSUPPORTED_MEDIA_TYPE: { status: 415, when: 'The body is not multipart/form-data.', example: { detail: 'the body must be multipart/form-data' } },
-  RATE_LIMITED: { status: 429, when: 'The user\'s rate limit is spent; see Retry-After.', example: { detail: 'at most 5 token requests per 60 s; try again later' } },
-  RETRY_LIMIT_REACHED: { status: 429, when: 'FaceID\'s per-user retry limit (MORE_RETRY_TIMES).', example: { detail: 'FaceID\'s retry limit for this user is reached' } },
+  UNSUPPORTED_MEDIA_TYPE: {
+    status: 415,
+    when: 'The body is not multipart/form-data.',
+    example: { detail: 'the body must be multipart/form-data' },
+  },
+  RATE_LIMITED: {
+    status: 429,
+    when: "The user's rate limit is spent; see Retry-After.",
+    example: { detail: 'at most 5 token requests per 60 s; try again later' },
+  },
+  RETRY_LIMIT_REACHED: {
+    status: 429,
+    when: "FaceID's per-user retry limit (MORE_RETRY_TIMES).",
+    example: { detail: "FaceID's retry limit for this user is reached" },
+  },
   INTERNAL_ERROR: {
     status: 500,
     when: 'A bug in the service.',
@@ -58,8 +89,8 @@ export const ERROR_CATALOG = {
   },
   UPSTREAM_REJECTED: {
     status: 502,
-    when: 'FaceID refused the service\'s own credentials or configuration.',
-    example: { detail: 'FaceID refused the service\'s credentials or configuration; the operator has been told' },
+    when: "FaceID refused the service's own credentials or configuration.",
+    example: { detail: "FaceID refused the service's credentials or configuration; the operator has been told" },
   },
   UPSTREAM_ERROR: {
     status: 502,
@@ -68,7 +99,7 @@ export const ERROR_CATALOG = {
   },
   UPSTREAM_BUSY: {
     status: 503,
-    when: 'FaceID is busy (CONCURRENCY_LIMIT_EXCEEDED after retries), the service\'s FaceID capacity or queue is full, FaceID\'s circuit is open after repeated failures, too many uploads are held in memory, or the daily budget is spent; see Retry-After.',
+    when: "FaceID is busy (CONCURRENCY_LIMIT_EXCEEDED after retries), the service's FaceID capacity or queue is full, FaceID's circuit is open after repeated failures, too many uploads are held in memory, or the daily budget is spent; see Retry-After.",
     example: { detail: 'FaceID is busy; try again shortly' },
   },
   UPSTREAM_TIMEOUT: {

@@ -7,7 +7,14 @@ import type { Logger } from 'pino';
 import type { FaceIdCredentials } from '../config/load-config';
 import { AppError } from '../errors/app-error';
 import type { ImageFormat } from '../images/inspect-image';
-import { isKnownCode, isRetryable, parseFaceIdError, toAppError, upstreamError, type FaceIdFailure } from './faceid-errors';
+import {
+  type FaceIdFailure,
+  isKnownCode,
+  isRetryable,
+  parseFaceIdError,
+  toAppError,
+  upstreamError,
+} from './faceid-errors';
 import type { FileParameterName, ParameterName } from './parameters';
 import { freshSign, SIGN_VERSION } from './sign';
 
@@ -41,7 +48,14 @@ export interface FaceIdClientOptions {
 }
 
 /** Connection failures worth another attempt: nothing reached FaceID, or FaceID dropped the connection. */
-const RETRYABLE_NETWORK_CODES: ReadonlySet<string> = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN']);
+const RETRYABLE_NETWORK_CODES: ReadonlySet<string> = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+]);
 const BACKOFF_BASE_MS = 100;
 const BACKOFF_CAP_MS = 1_000;
 /** A biz_token response is a few hundred bytes; a huge body is a broken upstream, not a token. */
@@ -74,7 +88,13 @@ export class FaceIdClient {
 
   constructor(private readonly options: FaceIdClientOptions) {
     // Most recently used connection first, so idle ones age out instead of all being kept barely warm.
-    const agentOptions = { keepAlive: true, maxSockets: options.maxSockets, maxFreeSockets: options.maxSockets, scheduling: 'lifo', timeout: IDLE_CONNECTION_MS } as const;
+    const agentOptions = {
+      keepAlive: true,
+      maxSockets: options.maxSockets,
+      maxFreeSockets: options.maxSockets,
+      scheduling: 'lifo',
+      timeout: IDLE_CONNECTION_MS,
+    } as const;
     this.agents = { http: new http.Agent(agentOptions), https: new https.Agent(agentOptions) };
     this.http = axios.create({
       baseURL: options.baseUrl,
@@ -106,12 +126,17 @@ export class FaceIdClient {
       if (outcome.kind === 'token') {
         return { bizToken: outcome.bizToken, faceidRequestId: outcome.requestId, faceidResult: 'OK', ...context };
       }
-      const retryable = (outcome.kind === 'network' && outcome.retryable) || (outcome.kind === 'failure' && isRetryable(outcome.failure));
+      const retryable =
+        (outcome.kind === 'network' && outcome.retryable) ||
+        (outcome.kind === 'failure' && isRetryable(outcome.failure));
       const backoffMs = Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** (attempts - 1));
       const remainingMs = this.options.timeoutMs - (performance.now() - started);
       // No new sign, body or connection for an attempt the deadline would cut off.
       if (retryable && attempts <= this.options.maxRetries && backoffMs < remainingMs) {
-        log.debug({ attempt: attempts, outcome: describe(outcome), backoffMs: Math.round(backoffMs) }, 'retrying FaceID');
+        log.debug(
+          { attempt: attempts, outcome: describe(outcome), backoffMs: Math.round(backoffMs) },
+          'retrying FaceID',
+        );
         await new Promise((resolve) => setTimeout(resolve, backoffMs));
         continue;
       }
@@ -136,7 +161,11 @@ export class FaceIdClient {
     form.append('sign_version', SIGN_VERSION);
     for (const [name, value] of [...request.serviceFields, ...request.clientFields]) form.append(name, value);
     for (const image of request.images) {
-      form.append(image.name, image.bytes, { filename: `${image.name}.${image.format}`, contentType: CONTENT_TYPES[image.format], knownLength: image.bytes.length });
+      form.append(image.name, image.bytes, {
+        filename: `${image.name}.${image.format}`,
+        contentType: CONTENT_TYPES[image.format],
+        knownLength: image.bytes.length,
+      });
     }
     try {
       const response = await this.http.post<string>(GET_BIZ_TOKEN_PATH, form, {
@@ -150,12 +179,18 @@ export class FaceIdClient {
     }
   }
 
-  private toError(outcome: Exclude<AttemptOutcome, { kind: 'token' }>, serviceFields: ReadonlySet<string>, context: Record<string, unknown>): AppError {
+  private toError(
+    outcome: Exclude<AttemptOutcome, { kind: 'token' }>,
+    serviceFields: ReadonlySet<string>,
+    context: Record<string, unknown>,
+  ): AppError {
     switch (outcome.kind) {
       case 'failure':
         return toAppError(outcome.failure, serviceFields, context);
       case 'too-large':
-        return new AppError(413, 'PAYLOAD_TOO_LARGE', 'FaceID refused the request as too large', { logContext: context });
+        return new AppError(413, 'PAYLOAD_TOO_LARGE', 'FaceID refused the request as too large', {
+          logContext: context,
+        });
       case 'unreadable':
         return upstreamError('unreadable FaceID response', { ...context, faceidStatus: outcome.httpStatus });
       case 'network':
@@ -192,7 +227,8 @@ function readResponse(httpStatus: number, text: string): AttemptOutcome {
 function failedOutcome(error: unknown): AttemptOutcome {
   const code = isAxiosError(error) ? error.code : (error as { code?: unknown } | undefined)?.code;
   const status = isAxiosError(error) ? (error.response?.status ?? 0) : 0;
-  if (typeof code === 'string' && (code === 'ERR_BAD_RESPONSE' || code.startsWith('HPE_'))) return { kind: 'unreadable', httpStatus: status };
+  if (typeof code === 'string' && (code === 'ERR_BAD_RESPONSE' || code.startsWith('HPE_')))
+    return { kind: 'unreadable', httpStatus: status };
   const name = typeof code === 'string' ? code : 'UNKNOWN';
   return { kind: 'network', code: name, retryable: RETRYABLE_NETWORK_CODES.has(name) };
 }
@@ -223,4 +259,6 @@ function describe(outcome: Exclude<AttemptOutcome, { kind: 'token' }>): string {
 }
 
 const timedOut = (context: { attempts: number; upstreamMs: number }): AppError =>
-  new AppError(504, 'UPSTREAM_TIMEOUT', 'FaceID did not answer in time', { logContext: { ...context, faceidResult: 'TIMEOUT' } });
+  new AppError(504, 'UPSTREAM_TIMEOUT', 'FaceID did not answer in time', {
+    logContext: { ...context, faceidResult: 'TIMEOUT' },
+  });

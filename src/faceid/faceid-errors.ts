@@ -41,7 +41,7 @@ const FACEID_ERROR_TABLE: Readonly<Record<string, Mapping>> = {
     kind: 'caller',
     status: 429,
     code: 'RETRY_LIMIT_REACHED',
-    detail: 'FaceID\'s retry limit for this user is reached',
+    detail: "FaceID's retry limit for this user is reached",
   },
   AUTHORIZATION_ERROR: { kind: 'rejected' },
   AUTHENTICATION_ERROR: { kind: 'rejected' },
@@ -78,18 +78,29 @@ export const isRetryable = (failure: FaceIdFailure): boolean => mappingOf(failur
 const BUSY_RETRY_AFTER_SECONDS = 1;
 
 export const upstreamError = (detail: string, logContext: Record<string, unknown>): AppError =>
-  new AppError(502, 'UPSTREAM_ERROR', 'FaceID could not issue a token; try again later', { logContext: { ...logContext, reason: detail } });
+  new AppError(502, 'UPSTREAM_ERROR', 'FaceID could not issue a token; try again later', {
+    logContext: { ...logContext, reason: detail },
+  });
 
 const upstreamRejected = (logContext: Record<string, unknown>): AppError =>
-  new AppError(502, 'UPSTREAM_REJECTED', 'FaceID refused the service\'s credentials or configuration; the operator has been told', {
-    logContext,
-  });
+  new AppError(
+    502,
+    'UPSTREAM_REJECTED',
+    "FaceID refused the service's credentials or configuration; the operator has been told",
+    {
+      logContext,
+    },
+  );
 
 /**
  * The caller's answer for a FaceID failure that will not be retried (any more).
  * @param serviceFields fields the service set itself: FaceID complaining about one is the service's fault.
  */
-export function toAppError(failure: FaceIdFailure, serviceFields: ReadonlySet<string>, logContext: Record<string, unknown>): AppError {
+export function toAppError(
+  failure: FaceIdFailure,
+  serviceFields: ReadonlySet<string>,
+  logContext: Record<string, unknown>,
+): AppError {
   const context = { ...logContext, faceidStatus: failure.httpStatus, faceidError: failure.error };
   const mapping = mappingOf(failure);
   switch (mapping?.kind) {

@@ -86,9 +86,13 @@ export interface FileParameterRule extends ParameterRuleBase {
 }
 export type ParameterRule = TextParameterRule | FileParameterRule;
 
-
 export const PARAMETERS: Record<ParameterName, ParameterRule> = {
-  sign: { kind: 'text', schema: z.string().min(1), requiredFor: { always: true }, description: 'Request signature (App-Authentication).' },
+  sign: {
+    kind: 'text',
+    schema: z.string().min(1),
+    requiredFor: { always: true },
+    description: 'Request signature (App-Authentication).',
+  },
   sign_version: {
     kind: 'text',
     schema: z.literal(SIGN_VERSION, { error: `must be "${SIGN_VERSION}"` }),
@@ -99,13 +103,15 @@ export const PARAMETERS: Record<ParameterName, ParameterRule> = {
     kind: 'text',
     schema: z.enum(LIVENESS_TYPES, { error: 'must be meglive, still or raw_image' }),
     requiredFor: { always: true },
-    description: 'Liveness flow: meglive (actions), still (silent) or raw_image (no liveness; compare the uploaded `image`).',
+    description:
+      'Liveness flow: meglive (actions), still (silent) or raw_image (no liveness; compare the uploaded `image`).',
   },
   comparison_type: {
     kind: 'text',
     schema: z.enum(COMPARISON_TYPES, { error: 'must be "0" or "1"' }),
     requiredFor: { always: true },
-    description: '"1": compare with the authoritative data source (needs idcard_name and idcard_number); "0": compare with the client\'s own reference photo image_ref1.',
+    description:
+      '"1": compare with the authoritative data source (needs idcard_name and idcard_number); "0": compare with the client\'s own reference photo image_ref1.',
   },
   idcard_name: {
     kind: 'text',
@@ -133,14 +139,17 @@ export const PARAMETERS: Record<ParameterName, ParameterRule> = {
     requiredFor: { comparisonTypes: ['0'] },
     description: `Reference face photo (JPEG, PNG or BMP, at most ${MAX_IMAGE_SIDE} px a side).`,
   },
-  image_ref2: { kind: 'file', description: `Second reference face photo (JPEG, PNG or BMP, at most ${MAX_IMAGE_SIDE} px a side).` },
+  image_ref2: {
+    kind: 'file',
+    description: `Second reference face photo (JPEG, PNG or BMP, at most ${MAX_IMAGE_SIDE} px a side).`,
+  },
   image: {
     kind: 'file',
     livenessTypes: ['raw_image'],
     requiredFor: { livenessTypes: ['raw_image'] },
     description: 'The photo to compare when liveness_type is raw_image.',
   },
-  biz_no: { kind: 'text', schema: maxBytes(128), description: 'Caller\'s business serial number, at most 128 bytes.' },
+  biz_no: { kind: 'text', schema: maxBytes(128), description: "Caller's business serial number, at most 128 bytes." },
   liveness_timeout: { kind: 'text', schema: decimal(5, 60), description: 'Liveness timeout in seconds, 5 to 60.' },
   liveness_action_count: {
     kind: 'text',
@@ -166,14 +175,22 @@ export const PARAMETERS: Record<ParameterName, ParameterRule> = {
     livenessTypes: ['raw_image'],
     description: 'Minimum face quality 0 to 100 (raw_image only).',
   },
-  return_faces: { kind: 'text', schema: flag('Return face detection results.'), description: 'Return face detection results.' },
+  return_faces: {
+    kind: 'text',
+    schema: flag('Return face detection results.'),
+    description: 'Return face detection results.',
+  },
   verbose: { kind: 'text', schema: flag('Detail of the answer.'), description: 'Detail of the answer.' },
   security_level: {
     kind: 'text',
     schema: z.enum(SECURITY_LEVELS, { error: 'must be 1, 2, 3 or 4' }),
     description: 'Strictness of the comparison, 1 to 4.',
   },
-  force_compare: { kind: 'text', schema: flag('Compare even when the face looks fake.'), description: 'Compare even when the face looks fake.' },
+  force_compare: {
+    kind: 'text',
+    schema: flag('Compare even when the face looks fake.'),
+    description: 'Compare even when the face looks fake.',
+  },
   multi_oriented_detection: {
     kind: 'text',
     schema: flag('Retry face detection on rotated reference photos.'),

@@ -1,4 +1,4 @@
-import { createHmac, randomInt, type KeyObject } from 'node:crypto';
+import { createHmac, type KeyObject, randomInt } from 'node:crypto';
 
 /**
  * FaceID request signing.

@@ -53,7 +53,11 @@ export function routeOf(req: Request): string {
  * How the request ended, for its log line and the metrics alike: the status really sent (499 when the
  * client left before the answer was out), the service's code, and the upstream facts when FaceID was asked.
  */
-export function outcomeOf(res: Response): { status: number; code: string; upstream: Record<string, unknown> | undefined } {
+export function outcomeOf(res: Response): {
+  status: number;
+  code: string;
+  upstream: Record<string, unknown> | undefined;
+} {
   const { error, issued } = contextOf(res);
   const finished = res.writableFinished;
   return {

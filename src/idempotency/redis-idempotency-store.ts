@@ -37,7 +37,13 @@ export function createRedisIdempotencyStore(redis: Redis): IdempotencyStore {
     },
     async claim(key, fingerprint, pendingTtlMs): Promise<ClaimResult> {
       const owner = randomUUID();
-      const created = await redis.set(KEY_PREFIX + key, JSON.stringify({ fingerprint, owner }), 'PX', pendingTtlMs, 'NX');
+      const created = await redis.set(
+        KEY_PREFIX + key,
+        JSON.stringify({ fingerprint, owner }),
+        'PX',
+        pendingTtlMs,
+        'NX',
+      );
       if (created === 'OK') return { kind: 'claimed', owner };
       const record = await read(key);
       // Expired between the two commands: answered as in progress, so the caller's poll claims it again.

@@ -237,8 +237,10 @@ function checkPng(buf: Buffer): Structure {
         return broken('PNG header declares an invalid width or height');
       }
       const depths = PNG_BIT_DEPTHS[colourType];
-      if (depths === undefined || !depths.includes(bitDepth)) return broken('PNG header has an invalid colour type or bit depth');
-      if (compression !== 0 || filter !== 0 || interlace > 1) return broken('PNG header has an unknown compression, filter or interlace method');
+      if (depths === undefined || !depths.includes(bitDepth))
+        return broken('PNG header has an invalid colour type or bit depth');
+      if (compression !== 0 || filter !== 0 || interlace > 1)
+        return broken('PNG header has an unknown compression, filter or interlace method');
     } else if (type === 'IHDR') {
       return broken('PNG has more than one IHDR chunk');
     } else if (type === 'PLTE') {

@@ -48,15 +48,24 @@ export function createCircuitBreaker(options: CircuitBreakerOptions): CircuitBre
     if (next === state) return;
     state = next;
     if (next === 'open') openedAt = now();
-    const message = { closed: 'FaceID circuit closed: calls flow again', open: 'FaceID circuit OPEN: failing fast after repeated upstream failures', 'half-open': 'FaceID circuit half-open: probing with one call' }[next];
+    const message = {
+      closed: 'FaceID circuit closed: calls flow again',
+      open: 'FaceID circuit OPEN: failing fast after repeated upstream failures',
+      'half-open': 'FaceID circuit half-open: probing with one call',
+    }[next];
     if (next === 'open') options.log.warn({ consecutiveFailures, openMs: options.openMs }, message);
     else options.log.info(message);
   };
   const rejectFast = (): AppError =>
-    new AppError(503, 'UPSTREAM_BUSY', 'FaceID is failing; the service stops calling it for a moment; try again shortly', {
-      retryAfterSeconds: Math.max(1, Math.ceil((openedAt + options.openMs - now()) / 1000)),
-      logContext: { reason: 'circuit open' },
-    });
+    new AppError(
+      503,
+      'UPSTREAM_BUSY',
+      'FaceID is failing; the service stops calling it for a moment; try again shortly',
+      {
+        retryAfterSeconds: Math.max(1, Math.ceil((openedAt + options.openMs - now()) / 1000)),
+        logContext: { reason: 'circuit open' },
+      },
+    );
 
   return {
     state: () => state,

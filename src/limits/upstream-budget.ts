@@ -1,5 +1,5 @@
-import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { Logger } from 'pino';
+import { type RateLimiterAbstract, RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { AppError } from '../errors/app-error';
 import type { SharedStore } from './shared-store';
 
@@ -14,12 +14,17 @@ const DAY_MS = 24 * 60 * 60 * 1000;
 export function createUpstreamBudget(perDay: number | undefined, store: SharedStore, log: Logger): UpstreamBudget {
   if (perDay === undefined) return { take: async () => undefined };
   // One key per UTC day that outlives the day, so the count never restarts mid-day.
-  const options = { keyPrefix: 'budget', points: perDay, duration: 2 * DAY_MS / 1000 };
+  const options = { keyPrefix: 'budget', points: perDay, duration: (2 * DAY_MS) / 1000 };
   const memory = new RateLimiterMemory(options);
   const limiter: RateLimiterAbstract =
     store.redis === undefined
       ? memory
-      : new RateLimiterRedis({ ...options, storeClient: store.redis, rejectIfRedisNotReady: true, insuranceLimiter: memory });
+      : new RateLimiterRedis({
+          ...options,
+          storeClient: store.redis,
+          rejectIfRedisNotReady: true,
+          insuranceLimiter: memory,
+        });
   let warnedFor = '';
 
   return {
@@ -35,7 +40,7 @@ export function createUpstreamBudget(perDay: number | undefined, store: SharedSt
           warnedFor = day;
           log.warn({ budget: perDay, day }, 'FACEID_DAILY_BUDGET spent: token requests get 503 until the next UTC day');
         }
-        throw new AppError(503, 'UPSTREAM_BUSY', 'the service\'s daily FaceID budget is spent; try again tomorrow', {
+        throw new AppError(503, 'UPSTREAM_BUSY', "the service's daily FaceID budget is spent; try again tomorrow", {
           retryAfterSeconds,
           logContext: { reason: 'daily budget' },
         });

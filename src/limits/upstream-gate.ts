@@ -33,7 +33,8 @@ export function createUpstreamGate(maxConcurrency: number, queueTimeoutMs: numbe
       inFlight += 1;
       return Promise.resolve();
     }
-    if (queue.length >= maxConcurrency * QUEUE_DEPTH_PER_SLOT || queueTimeoutMs === 0) return Promise.reject(busy('queue full'));
+    if (queue.length >= maxConcurrency * QUEUE_DEPTH_PER_SLOT || queueTimeoutMs === 0)
+      return Promise.reject(busy('queue full'));
     return new Promise((resolve, reject) => {
       const waiter: Waiter = {
         grant: () => {

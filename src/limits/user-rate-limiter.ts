@@ -1,4 +1,4 @@
-import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
+import { type RateLimiterAbstract, RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import type { Config } from '../config/load-config';
 import type { SharedStore } from './shared-store';
 
@@ -26,7 +26,12 @@ export function createUserRateLimiter(settings: Config['rateLimit'], store: Shar
   const limiter: RateLimiterAbstract =
     store.redis === undefined
       ? memory
-      : new RateLimiterRedis({ ...options, storeClient: store.redis, rejectIfRedisNotReady: true, insuranceLimiter: memory });
+      : new RateLimiterRedis({
+          ...options,
+          storeClient: store.redis,
+          rejectIfRedisNotReady: true,
+          insuranceLimiter: memory,
+        });
 
   return {
     max: settings.max,
@@ -34,7 +39,11 @@ export function createUserRateLimiter(settings: Config['rateLimit'], store: Shar
     async consume(callerId) {
       try {
         const result = await limiter.consume(callerId, 1);
-        return { allowed: true, remaining: result.remainingPoints, resetSeconds: Math.ceil(result.msBeforeNext / 1000) };
+        return {
+          allowed: true,
+          remaining: result.remainingPoints,
+          resetSeconds: Math.ceil(result.msBeforeNext / 1000),
+        };
       } catch (rejection) {
         if (!(rejection instanceof RateLimiterRes)) throw rejection;
         return { allowed: false, remaining: 0, resetSeconds: Math.max(1, Math.ceil(rejection.msBeforeNext / 1000)) };

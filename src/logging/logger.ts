@@ -6,7 +6,17 @@ import pino, { type DestinationStream, type Logger } from 'pino';
  * middleware/request-logging.ts); this is the second line of defence for anything that still carries a
  * secret under a well-known name.
  */
-const SENSITIVE = ['apiSecret', 'sign', 'authorization', 'idcard_number', 'idcard_name', 'credentials', 'jwt', 'token', 'biz_token'];
+const SENSITIVE = [
+  'apiSecret',
+  'sign',
+  'authorization',
+  'idcard_number',
+  'idcard_name',
+  'credentials',
+  'jwt',
+  'token',
+  'biz_token',
+];
 const SENSITIVE_NAMES: ReadonlySet<string> = new Set(SENSITIVE.map((name) => name.toLowerCase()));
 const CENSOR = '[redacted]';
 /** What a secret becomes in the start-up line: whether it is configured, nothing more. Passes redaction. */
@@ -25,7 +35,10 @@ const MAX_DEPTH = 4;
  */
 function redactSensitive(value: unknown, depth = 0): unknown {
   if (typeof value !== 'object' || value === null || Buffer.isBuffer(value) || depth >= MAX_DEPTH) return value;
-  const written: unknown = typeof (value as { toJSON?: unknown }).toJSON === 'function' ? (value as { toJSON: () => unknown }).toJSON() : value;
+  const written: unknown =
+    typeof (value as { toJSON?: unknown }).toJSON === 'function'
+      ? (value as { toJSON: () => unknown }).toJSON()
+      : value;
   if (written !== value) return redactSensitive(written, depth);
   let copy: Record<string, unknown> | unknown[] | undefined;
   const source = value as Record<string, unknown>;

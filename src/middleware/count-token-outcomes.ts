@@ -9,7 +9,8 @@ export function countTokenOutcomes(metrics: Metrics): RequestHandler {
       const { code, upstream } = outcomeOf(res);
       metrics.outcomes.inc({ code });
       if (code === 'RATE_LIMITED') metrics.rateLimitRejections.inc();
-      if (typeof upstream?.upstreamMs === 'number') metrics.upstreamDuration.observe({ outcome: code }, upstream.upstreamMs / 1000);
+      if (typeof upstream?.upstreamMs === 'number')
+        metrics.upstreamDuration.observe({ outcome: code }, upstream.upstreamMs / 1000);
       if (typeof upstream?.faceidResult === 'string') metrics.faceidResults.inc({ result: upstream.faceidResult });
     });
     next();

@@ -12,7 +12,11 @@ export function measureRequests(metrics: Metrics): RequestHandler {
     metrics.httpInFlight.inc();
     res.once('close', () => {
       metrics.httpInFlight.dec();
-      end({ route: routeOf(req), method: KNOWN_METHODS.has(req.method) ? req.method : 'OTHER', status: String(outcomeOf(res).status) });
+      end({
+        route: routeOf(req),
+        method: KNOWN_METHODS.has(req.method) ? req.method : 'OTHER',
+        status: String(outcomeOf(res).status),
+      });
     });
     next();
   };

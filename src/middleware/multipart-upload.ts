@@ -38,7 +38,8 @@ const MULTER_ERRORS: Readonly<Record<string, (error: MulterError) => AppError>> 
   LIMIT_PART_COUNT: () => new AppError(400, 'BAD_ARGUMENTS', `at most ${LIMITS.parts} parts may be sent`),
   LIMIT_FILE_SIZE: () => uploadTooLarge(),
   LIMIT_FILE_COUNT: () => new AppError(400, 'BAD_ARGUMENTS', `at most ${LIMITS.files} files may be sent`),
-  LIMIT_FIELD_KEY: () => new AppError(400, 'BAD_ARGUMENTS', `a field name is too long (at most ${LIMITS.fieldNameSize} bytes)`),
+  LIMIT_FIELD_KEY: () =>
+    new AppError(400, 'BAD_ARGUMENTS', `a field name is too long (at most ${LIMITS.fieldNameSize} bytes)`),
   LIMIT_FIELD_VALUE: (error) => badArgument(error.field ?? '', `${error.field} is too long`),
   LIMIT_FIELD_COUNT: () => new AppError(400, 'BAD_ARGUMENTS', `at most ${LIMITS.fields} fields may be sent`),
   LIMIT_UNEXPECTED_FILE: (error) => badArgument(error.field ?? '', `${error.field} is not a file of this endpoint`),
@@ -68,7 +69,8 @@ export function multipartUpload(): RequestHandler {
       limits: LIMITS,
       fileFilter: (_req, file, accept) => {
         if (FILE_NAMES.has(file.fieldname)) accept(null, true);
-        else if (isParameterName(file.fieldname)) accept(badArgument(file.fieldname, `${file.fieldname} must be sent as a text field`));
+        else if (isParameterName(file.fieldname))
+          accept(badArgument(file.fieldname, `${file.fieldname} must be sent as a text field`));
         else accept(badArgument(file.fieldname, `${file.fieldname} is not a field of this endpoint`));
       },
       streamHandler: (incoming, parser) => {
@@ -90,7 +92,8 @@ function toAppError(error: unknown, req: Request): AppError {
   if (error instanceof AppError) return error;
   if (error instanceof MulterError) return MULTER_ERRORS[error.code]?.(error) ?? malformed();
   // The client went away mid-body: nobody is left to answer, but the log line says what happened.
-  if (req.destroyed && !req.complete) return new AppError(400, 'BAD_ARGUMENTS', 'the client closed the connection before the body was complete');
+  if (req.destroyed && !req.complete)
+    return new AppError(400, 'BAD_ARGUMENTS', 'the client closed the connection before the body was complete');
   // busboy's own refusals: a missing boundary, a malformed part header, a body that ends too early.
   return malformed();
 }

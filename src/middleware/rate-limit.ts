@@ -24,9 +24,14 @@ export function spendRateLimit(limiter: UserRateLimiter): RequestHandler {
     const decision = await limiter.consume(callerOf(res).id);
     res.setHeader('RateLimit', `"${POLICY_NAME}";r=${decision.remaining};t=${decision.resetSeconds}`);
     if (!decision.allowed) {
-      contextOf(res).rateLimited = new AppError(429, 'RATE_LIMITED', `at most ${limiter.max} token requests per ${limiter.windowSeconds} s; try again later`, {
-        retryAfterSeconds: decision.resetSeconds,
-      });
+      contextOf(res).rateLimited = new AppError(
+        429,
+        'RATE_LIMITED',
+        `at most ${limiter.max} token requests per ${limiter.windowSeconds} s; try again later`,
+        {
+          retryAfterSeconds: decision.resetSeconds,
+        },
+      );
     }
     next();
   };

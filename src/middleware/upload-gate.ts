@@ -5,7 +5,8 @@ import { AppError, badArgument } from '../errors/app-error';
 import { MAX_REQUEST_BYTES } from '../faceid/parameters';
 import type { UploadMemoryBudget } from '../limits/upload-memory-budget';
 
-export const uploadTooLarge = (): AppError => new AppError(413, 'PAYLOAD_TOO_LARGE', `the request is larger than ${MAX_REQUEST_BYTES} bytes`);
+export const uploadTooLarge = (): AppError =>
+  new AppError(413, 'PAYLOAD_TOO_LARGE', `the request is larger than ${MAX_REQUEST_BYTES} bytes`);
 
 /** RFC 2046 §5.1.1: 1 to 70 characters from a small set, not ending in a space. */
 const BOUNDARY_CHARS = /^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$/;
@@ -46,5 +47,6 @@ function checkBoundary(contentType: string): void {
     throw malformed('cannot be read');
   }
   if (boundary === undefined || boundary.length === 0) throw malformed('has no boundary');
-  if (!BOUNDARY_CHARS.test(boundary)) throw malformed('has a boundary longer than 70 characters or with characters RFC 2046 does not allow');
+  if (!BOUNDARY_CHARS.test(boundary))
+    throw malformed('has a boundary longer than 70 characters or with characters RFC 2046 does not allow');
 }

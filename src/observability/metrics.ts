@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { BreakerState, CircuitBreaker } from '../limits/circuit-breaker';
 import type { UploadMemoryBudget } from '../limits/upload-memory-budget';
 import type { UpstreamGate } from '../limits/upstream-gate';
@@ -75,15 +75,32 @@ export function createMetrics({ gate, breaker, uploadBudget }: GaugeSources): Me
       buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20],
       registers: [registry],
     }),
-    outcomes: new Counter({ name: 'biz_token_outcomes_total', help: 'Token requests by the service\'s outcome code', labelNames: ['code'], registers: [registry] }),
+    outcomes: new Counter({
+      name: 'biz_token_outcomes_total',
+      help: "Token requests by the service's outcome code",
+      labelNames: ['code'],
+      registers: [registry],
+    }),
     faceidResults: new Counter({
       name: 'faceid_results_total',
-      help: 'FaceID exchanges by FaceID\'s result code (OK, its error codes, TIMEOUT, CONNECTION_FAILED, UNREADABLE)',
+      help: "FaceID exchanges by FaceID's result code (OK, its error codes, TIMEOUT, CONNECTION_FAILED, UNREADABLE)",
       labelNames: ['result'],
       registers: [registry],
     }),
-    rateLimitRejections: new Counter({ name: 'rate_limit_rejections_total', help: 'Requests refused by the per-user rate limit', registers: [registry] }),
-    idempotentReplays: new Counter({ name: 'idempotent_replays_total', help: 'Answers replayed for a repeated Idempotency-Key', registers: [registry] }),
-    httpInFlight: new Gauge({ name: 'http_requests_in_flight', help: 'HTTP requests being answered', registers: [registry] }),
+    rateLimitRejections: new Counter({
+      name: 'rate_limit_rejections_total',
+      help: 'Requests refused by the per-user rate limit',
+      registers: [registry],
+    }),
+    idempotentReplays: new Counter({
+      name: 'idempotent_replays_total',
+      help: 'Answers replayed for a repeated Idempotency-Key',
+      registers: [registry],
+    }),
+    httpInFlight: new Gauge({
+      name: 'http_requests_in_flight',
+      help: 'HTTP requests being answered',
+      registers: [registry],
+    }),
   };
 }

@@ -21,11 +21,30 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
   const properties = Object.fromEntries(
     fields.map(([name, rule]) => {
       if (rule.kind === 'file') {
-        return [name, { type: 'string', contentMediaType: 'application/octet-stream', description: `${rule.description} ${appliesTo(rule)}`.trim() }];
+        return [
+          name,
+          {
+            type: 'string',
+            contentMediaType: 'application/octet-stream',
+            description: `${rule.description} ${appliesTo(rule)}`.trim(),
+          },
+        ];
       }
       const { $schema: _dialect, ...schema } = z.toJSONSchema(rule.schema) as Json;
-      const allowed = name === 'liveness_type' ? config.policy.livenessTypes : name === 'comparison_type' ? config.policy.comparisonTypes : undefined;
-      return [name, { ...schema, ...(allowed === undefined ? {} : { enum: allowed }), description: `${rule.description} ${appliesTo(rule)}`.trim() }];
+      const allowed =
+        name === 'liveness_type'
+          ? config.policy.livenessTypes
+          : name === 'comparison_type'
+            ? config.policy.comparisonTypes
+            : undefined;
+      return [
+        name,
+        {
+          ...schema,
+          ...(allowed === undefined ? {} : { enum: allowed }),
+          description: `${rule.description} ${appliesTo(rule)}`.trim(),
+        },
+      ];
     }),
   );
 
@@ -55,7 +74,7 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
       title: 'faceid-token-service',
       version: '1',
       description:
-        'Issues Megvii FaceID biz_tokens for the MegLiveStill SDK without the app ever holding FaceID\'s secret. Field names and value formats are FaceID\'s own (App-GetBizToken).',
+        "Issues Megvii FaceID biz_tokens for the MegLiveStill SDK without the app ever holding FaceID's secret. Field names and value formats are FaceID's own (App-GetBizToken).",
     },
     paths: {
       [BIZ_TOKENS_PATH]: {
@@ -68,26 +87,41 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
               name: 'Idempotency-Key',
               in: 'header',
               required: false,
-              description: 'Same key and body from the same user within the token\'s lifetime: the same answer, no second FaceID call. A different body: 409.',
+              description:
+                "Same key and body from the same user within the token's lifetime: the same answer, no second FaceID call. A different body: 409.",
               schema: { type: 'string', minLength: 1, maxLength: 255, pattern: '^[\\x20-\\x7E]+$' },
             },
-            { name: 'X-Request-Id', in: 'header', required: false, description: 'Echoed back; generated when absent.', schema: { type: 'string', pattern: '^[A-Za-z0-9._:-]{1,128}$' } },
+            {
+              name: 'X-Request-Id',
+              in: 'header',
+              required: false,
+              description: 'Echoed back; generated when absent.',
+              schema: { type: 'string', pattern: '^[A-Za-z0-9._:-]{1,128}$' },
+            },
           ],
           requestBody: {
             required: true,
             description: `multipart/form-data, at most ${MAX_REQUEST_BYTES} bytes in all. Images are JPEG, PNG or BMP (by content), at most ${MAX_IMAGE_SIDE} px a side.`,
             content: {
               'multipart/form-data': {
-                schema: { type: 'object', required: ['comparison_type', 'liveness_type'], additionalProperties: false, properties },
+                schema: {
+                  type: 'object',
+                  required: ['comparison_type', 'liveness_type'],
+                  additionalProperties: false,
+                  properties,
+                },
               },
             },
           },
           responses: {
             '201': {
-              description: 'The token. Nothing else from FaceID\'s answer is passed on.',
+              description: "The token. Nothing else from FaceID's answer is passed on.",
               headers: {
                 'X-Request-Id': { $ref: '#/components/headers/X-Request-Id' },
-                'Idempotent-Replayed': { description: '`true` when this is a stored answer replayed for a repeated Idempotency-Key.', schema: { type: 'string', enum: ['true'] } },
+                'Idempotent-Replayed': {
+                  description: '`true` when this is a stored answer replayed for a repeated Idempotency-Key.',
+                  schema: { type: 'string', enum: ['true'] },
+                },
                 ...rateLimitHeaders,
               },
               content: { 'application/json': { schema: { $ref: '#/components/schemas/BizToken' } } },
@@ -96,7 +130,11 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
               [...byStatus].map(([status, codes]) => {
                 const response = problemResponse(codes);
                 if (status === 429 || status === 503) {
-                  response.headers = { ...(response.headers as Json), 'Retry-After': { $ref: '#/components/headers/Retry-After' }, ...rateLimitHeaders };
+                  response.headers = {
+                    ...(response.headers as Json),
+                    'Retry-After': { $ref: '#/components/headers/Retry-After' },
+                    ...rateLimitHeaders,
+                  };
                 }
                 return [String(status), response];
               }),
@@ -104,28 +142,68 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
           },
         },
       },
-      '/healthz': { get: { summary: 'The process is alive', responses: { '200': { description: 'Alive', content: { 'application/json': { schema: { type: 'object' } } } } } } },
+      '/healthz': {
+        get: {
+          summary: 'The process is alive',
+          responses: {
+            '200': { description: 'Alive', content: { 'application/json': { schema: { type: 'object' } } } },
+          },
+        },
+      },
       '/readyz': {
         get: {
           summary: 'Ready to serve (configuration valid, Redis reachable when configured, not shutting down)',
           responses: {
-            '200': { description: 'Ready, or degraded (Redis away: per-process limits)', content: { 'application/json': { schema: { $ref: '#/components/schemas/Readiness' } } } },
-            '503': { description: 'Shutting down', content: { 'application/json': { schema: { $ref: '#/components/schemas/Readiness' } } } },
+            '200': {
+              description: 'Ready, or degraded (Redis away: per-process limits)',
+              content: { 'application/json': { schema: { $ref: '#/components/schemas/Readiness' } } },
+            },
+            '503': {
+              description: 'Shutting down',
+              content: { 'application/json': { schema: { $ref: '#/components/schemas/Readiness' } } },
+            },
           },
         },
       },
-      '/metrics': { get: { summary: 'Prometheus metrics (unless METRICS_PORT moves them)', responses: { '200': { description: 'Prometheus text format', content: { 'text/plain': { schema: { type: 'string' } } } } } } },
-      '/openapi.json': { get: { summary: 'This document', responses: { '200': { description: 'OpenAPI 3.1', content: { 'application/json': { schema: { type: 'object' } } } } } } },
+      '/metrics': {
+        get: {
+          summary: 'Prometheus metrics (unless METRICS_PORT moves them)',
+          responses: {
+            '200': { description: 'Prometheus text format', content: { 'text/plain': { schema: { type: 'string' } } } },
+          },
+        },
+      },
+      '/openapi.json': {
+        get: {
+          summary: 'This document',
+          responses: {
+            '200': { description: 'OpenAPI 3.1', content: { 'application/json': { schema: { type: 'object' } } } },
+          },
+        },
+      },
     },
     components: {
       responses: {
         // Any route the service does not have; no operation lists it, so it stands here once.
         NotFound: problemResponse(['NOT_FOUND']),
       },
-      securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'The app user\'s JWT; its `sub` is the user.' } },
+      securitySchemes: {
+        bearer: {
+          type: 'http',
+          scheme: 'bearer',
+          bearerFormat: 'JWT',
+          description: "The app user's JWT; its `sub` is the user.",
+        },
+      },
       headers: {
-        'X-Request-Id': { description: 'The request\'s id, echoed or generated; quote it when reporting a problem.', schema: { type: 'string' } },
-        'Retry-After': { description: 'Seconds to wait before trying again.', schema: { type: 'string', pattern: '^\\d+$' } },
+        'X-Request-Id': {
+          description: "The request's id, echoed or generated; quote it when reporting a problem.",
+          schema: { type: 'string' },
+        },
+        'Retry-After': {
+          description: 'Seconds to wait before trying again.',
+          schema: { type: 'string', pattern: '^\\d+$' },
+        },
         RateLimit: {
           description: `The caller's remaining requests and seconds to the window's reset (draft-ietf-httpapi-ratelimit-headers-10), e.g. "per-user";r=4;t=60.`,
           schema: { type: 'string' },
@@ -141,7 +219,11 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
           required: ['biz_token', 'expires_at'],
           additionalProperties: false,
           properties: {
-            biz_token: { type: 'string', description: 'Single-use token for the MegLiveStill SDK.', examples: ['1531397038,f0b9eea0-6a2d-486c-a1ba-42fdf843e8cc'] },
+            biz_token: {
+              type: 'string',
+              description: 'Single-use token for the MegLiveStill SDK.',
+              examples: ['1531397038,f0b9eea0-6a2d-486c-a1ba-42fdf843e8cc'],
+            },
             expires_at: { type: 'string', format: 'date-time', description: 'One hour after issue.' },
           },
         },
@@ -174,8 +256,10 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
 
 function appliesTo(rule: (typeof PARAMETERS)[ParameterName]): string {
   const parts: string[] = [];
-  if (rule.requiredFor?.comparisonTypes !== undefined) parts.push(`Required with comparison_type ${rule.requiredFor.comparisonTypes.join('/')}.`);
-  if (rule.requiredFor?.livenessTypes !== undefined) parts.push(`Required with liveness_type ${rule.requiredFor.livenessTypes.join('/')}.`);
+  if (rule.requiredFor?.comparisonTypes !== undefined)
+    parts.push(`Required with comparison_type ${rule.requiredFor.comparisonTypes.join('/')}.`);
+  if (rule.requiredFor?.livenessTypes !== undefined)
+    parts.push(`Required with liveness_type ${rule.requiredFor.livenessTypes.join('/')}.`);
   if (rule.comparisonTypes !== undefined) parts.push(`Only with comparison_type ${rule.comparisonTypes.join('/')}.`);
   if (rule.livenessTypes !== undefined) parts.push(`Only with liveness_type ${rule.livenessTypes.join('/')}.`);
   return parts.join(' ');

@@ -1,5 +1,5 @@
-import express, { Router } from 'express';
 import path from 'node:path';
+import express, { Router } from 'express';
 
 /**
  * Readable docs of /openapi.json with the pinned swagger-ui-dist. The page loads only same-origin scripts,

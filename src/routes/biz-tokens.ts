@@ -12,7 +12,7 @@ import { formOf, multipartUpload } from '../middleware/multipart-upload';
 import { announceRateLimitPolicy, spendRateLimit } from '../middleware/rate-limit';
 import { uploadGate } from '../middleware/upload-gate';
 import type { Metrics } from '../observability/metrics';
-import { issueBizToken, type IssueBizTokenDeps } from '../use-cases/issue-biz-token';
+import { type IssueBizTokenDeps, issueBizToken } from '../use-cases/issue-biz-token';
 
 export const BIZ_TOKENS_PATH = '/v1/biz-tokens';
 
@@ -43,11 +43,17 @@ export function bizTokensRouter(deps: BizTokensRouterDeps): Router {
     async (req: Request, res: Response) => {
       const context = contextOf(res);
       const caller = callerOf(res);
-      const input = { caller, form: formOf(req), idempotencyKey: context.idempotencyKey, answeredBefore: context.answeredBefore };
+      const input = {
+        caller,
+        form: formOf(req),
+        idempotencyKey: context.idempotencyKey,
+        answeredBefore: context.answeredBefore,
+      };
       try {
         context.issued = await issueBizToken(input, deps.useCase, req.log);
       } catch (error) {
-        if (error instanceof AppError && error.logContext?.idempotentReplay === true) markReplay(res, deps, caller, req.log);
+        if (error instanceof AppError && error.logContext?.idempotentReplay === true)
+          markReplay(res, deps, caller, req.log);
         throw error;
       }
       if (context.issued.replayed) markReplay(res, deps, caller, req.log);
@@ -64,5 +70,7 @@ export function bizTokensRouter(deps: BizTokensRouterDeps): Router {
 function markReplay(res: Response, deps: BizTokensRouterDeps, caller: Caller, log: Logger): void {
   res.setHeader('Idempotent-Replayed', 'true');
   deps.metrics.idempotentReplays.inc();
-  deps.rateLimiter.refund(caller.id).catch((error: unknown) => log.warn({ err: error }, 'could not give back a replayed request'));
+  deps.rateLimiter
+    .refund(caller.id)
+    .catch((error: unknown) => log.warn({ err: error }, 'could not give back a replayed request'));
 }

@@ -1,7 +1,7 @@
-import { Router, type Response } from 'express';
-import { apiDocsRoutes } from './api-docs';
-import type { Metrics } from '../observability/metrics';
+import { type Response, Router } from 'express';
 import type { SharedStore } from '../limits/shared-store';
+import type { Metrics } from '../observability/metrics';
+import { apiDocsRoutes } from './api-docs';
 
 export type Readiness = () => { shuttingDown: boolean; redis: ReturnType<SharedStore['state']> };
 

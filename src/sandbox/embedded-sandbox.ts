@@ -18,8 +18,17 @@ export async function resolveUpstream(config: Config, log: Logger): Promise<Upst
   if (config.faceid.credentials !== undefined) {
     return { config, credentials: config.faceid.credentials, close: async () => undefined };
   }
-  const credentials = { apiKey: `sandbox-${randomBytes(8).toString('hex')}`, apiSecret: randomBytes(24).toString('base64') };
-  const sandbox = await startSandbox({ ...credentials, port: 0, host: '127.0.0.1', latencyMs: 0, log: log.child({ component: 'sandbox' }) });
+  const credentials = {
+    apiKey: `sandbox-${randomBytes(8).toString('hex')}`,
+    apiSecret: randomBytes(24).toString('base64'),
+  };
+  const sandbox = await startSandbox({
+    ...credentials,
+    port: 0,
+    host: '127.0.0.1',
+    latencyMs: 0,
+    log: log.child({ component: 'sandbox' }),
+  });
   log.warn(
     { sandbox: sandbox.url },
     'NO FACEID KEY CONFIGURED: using the built-in FaceID SANDBOX. Its biz_tokens are fake; set FACEID_API_KEY and FACEID_API_SECRET for real ones',

@@ -7,7 +7,11 @@ const sandboxEnvSchema = z.object({
   SANDBOX_PORT: z.coerce.number().int().min(0).max(65535).default(3100).describe('Port of the sandbox.'),
   SANDBOX_HOST: z.string().default('127.0.0.1').describe('Address the sandbox listens on (0.0.0.0 in a container).'),
   SANDBOX_API_KEY: z.string().min(1).default('sandbox-api-key').describe('The api_key the sandbox accepts.'),
-  SANDBOX_API_SECRET: z.string().min(1).default('sandbox-api-secret').describe('The api_secret the sandbox checks signs with.'),
+  SANDBOX_API_SECRET: z
+    .string()
+    .min(1)
+    .default('sandbox-api-secret')
+    .describe('The api_secret the sandbox checks signs with.'),
   SANDBOX_LATENCY_MS: z.coerce.number().int().min(0).max(120_000).default(0).describe('Delay added to every answer.'),
   LOG_LEVEL: z.enum(LOG_LEVELS).default('info'),
 });
@@ -16,7 +20,10 @@ async function main(): Promise<void> {
   const parsed = sandboxEnvSchema.safeParse(process.env);
   const log = createLogger(parsed.success ? parsed.data.LOG_LEVEL : 'info');
   if (!parsed.success) {
-    log.fatal({ problems: parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`) }, 'invalid sandbox configuration');
+    log.fatal(
+      { problems: parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`) },
+      'invalid sandbox configuration',
+    );
     process.exit(1);
   }
   const env = parsed.data;
@@ -30,7 +37,10 @@ async function main(): Promise<void> {
   });
   log.warn({ url: sandbox.url }, 'FaceID SANDBOX listening: it issues fake biz_tokens that no FaceID SDK accepts');
   const stop = (): void => {
-    sandbox.close().then(() => process.exit(0), () => process.exit(1));
+    sandbox.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);

@@ -1,10 +1,20 @@
-import busboy from 'busboy';
 import { randomUUID } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import busboy from 'busboy';
 import type { Logger } from 'pino';
-import { FILE_PARAMETERS, PARAMETERS, fitsTypes, isParameterName, isRequired, valueProblem, type ComparisonType, type LivenessType, type ParameterName } from '../faceid/parameters';
 import { GET_BIZ_TOKEN_PATH } from '../faceid/faceid-client';
+import {
+  type ComparisonType,
+  FILE_PARAMETERS,
+  fitsTypes,
+  isParameterName,
+  isRequired,
+  type LivenessType,
+  PARAMETERS,
+  type ParameterName,
+  valueProblem,
+} from '../faceid/parameters';
 import { decodeSign, SIGN_VERSION } from '../faceid/sign';
 import { inspectImage } from '../images/inspect-image';
 import type { MultipartForm } from '../token-request/multipart-form';
@@ -50,7 +60,10 @@ interface Answer {
   body: Record<string, unknown>;
 }
 
-const faceIdError = (status: number, error: string): Answer => ({ status, body: { error, request_id: requestId(), time_used: 1 } });
+const faceIdError = (status: number, error: string): Answer => ({
+  status,
+  body: { error, request_id: requestId(), time_used: 1 },
+});
 const requestId = (): string => `${Math.floor(Date.now() / 1000)},${randomUUID()}`;
 
 /** The answer FaceID gives for each outcome a scenario can ask for; DROP and HANG are handled apart. */
@@ -158,7 +171,9 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
     if (fromBizNo !== undefined && bizNo !== undefined) {
       const hits = bizNoHits.get(bizNo) ?? 0;
       bizNoHits.set(bizNo, hits + 1);
-      return fromBizNo.times !== undefined && hits >= fromBizNo.times ? { ...fromBizNo, outcome: undefined, error: undefined } : fromBizNo;
+      return fromBizNo.times !== undefined && hits >= fromBizNo.times
+        ? { ...fromBizNo, outcome: undefined, error: undefined }
+        : fromBizNo;
     }
     if (globalScenario === undefined) return undefined;
     globalHits += 1;
@@ -177,7 +192,8 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
       return faceIdError(403, 'AUTHENTICATION_ERROR');
     }
     const now = Math.floor(Date.now() / 1000);
-    if (decoded.currentTime > now + SIGN_CLOCK_SKEW_SECONDS) return faceIdError(403, 'AUTHORIZATION_ERROR: INVALID_SIGN');
+    if (decoded.currentTime > now + SIGN_CLOCK_SKEW_SECONDS)
+      return faceIdError(403, 'AUTHORIZATION_ERROR: INVALID_SIGN');
     if (decoded.expireTime === 0) {
       for (const [used, at] of singleUseSigns) if (at < now - SIGN_CLOCK_SKEW_SECONDS) singleUseSigns.delete(used);
       if (singleUseSigns.has(sign) || decoded.currentTime < now - SIGN_CLOCK_SKEW_SECONDS) {
@@ -225,7 +241,8 @@ function checkParameters(form: MultipartForm): Answer | undefined {
     const value = name === 'liveness_type' ? liveness : comparison;
     const rule = PARAMETERS[name];
     if (value === undefined) return faceIdError(400, `MISSING_ARGUMENTS: ${name}`);
-    if (rule.kind === 'text' && valueProblem(rule, value) !== undefined) return faceIdError(400, `BAD_ARGUMENTS: ${name}`);
+    if (rule.kind === 'text' && valueProblem(rule, value) !== undefined)
+      return faceIdError(400, `BAD_ARGUMENTS: ${name}`);
   }
   const comparisonType = comparison as ComparisonType;
   const livenessType = liveness as LivenessType;
@@ -268,7 +285,10 @@ function parseForm(req: IncomingMessage): Promise<MultipartForm | 'too-large' | 
     };
     let parser: busboy.Busboy;
     try {
-      parser = busboy({ headers: req.headers, limits: { fileSize: MAX_BODY_BYTES, fields: 100, files: 10, fieldSize: 64 * 1024 } });
+      parser = busboy({
+        headers: req.headers,
+        limits: { fileSize: MAX_BODY_BYTES, fields: 100, files: 10, fieldSize: 64 * 1024 },
+      });
     } catch {
       finish('malformed');
       req.resume();

@@ -18,7 +18,8 @@ export function checkIdcardNumber(text: string, today: Date = new Date()): Idcar
   const month = Number(normalized.slice(10, 12));
   const day = Number(normalized.slice(12, 14));
   const birth = new Date(Date.UTC(year, month - 1, day));
-  const isCalendarDate = birth.getUTCFullYear() === year && birth.getUTCMonth() === month - 1 && birth.getUTCDate() === day;
+  const isCalendarDate =
+    birth.getUTCFullYear() === year && birth.getUTCMonth() === month - 1 && birth.getUTCDate() === day;
   if (!isCalendarDate || year < EARLIEST_BIRTH_YEAR || birth.getTime() > today.getTime()) {
     return { ok: false, problem: 'does not contain a valid birth date' };
   }

@@ -1,18 +1,18 @@
 import type { Config } from '../config/load-config';
 import { AppError, badArgument, missingArgument } from '../errors/app-error';
 import {
+  type ComparisonType,
   FILE_PARAMETERS,
-  PARAMETERS,
+  type FileParameterName,
   fitsTypes,
   isParameterName,
   isRequired,
-  valueProblem,
-  type ComparisonType,
-  type FileParameterName,
   type LivenessType,
+  PARAMETERS,
   type ParameterName,
+  valueProblem,
 } from '../faceid/parameters';
-import { inspectImage, MAX_IMAGE_SIDE, type ImageFormat } from '../images/inspect-image';
+import { type ImageFormat, inspectImage, MAX_IMAGE_SIDE } from '../images/inspect-image';
 import { checkIdcardNumber } from './idcard-number';
 import type { MultipartForm } from './multipart-form';
 
@@ -47,7 +47,9 @@ const SERVER_OWNED: ReadonlySet<ParameterName> = new Set([
 const REPLACEMENT_CHARACTER = '\uFFFD';
 
 /** The parameter table in its order, listed once rather than on every request. */
-const PARAMETER_ENTRIES = Object.entries(PARAMETERS) as ReadonlyArray<[ParameterName, (typeof PARAMETERS)[ParameterName]]>;
+const PARAMETER_ENTRIES = Object.entries(PARAMETERS) as ReadonlyArray<
+  [ParameterName, (typeof PARAMETERS)[ParameterName]]
+>;
 
 /** Whether the service, not the client, sets a field: the list above, and `uuid` unless AUTH_MODE=none. */
 export const isServerOwned = (name: ParameterName, clientSendsUuid: boolean): boolean =>
@@ -55,10 +57,10 @@ export const isServerOwned = (name: ParameterName, clientSendsUuid: boolean): bo
 
 /** Checks a parsed form against the seed's rules, the policy and the local extras. Throws the first AppError. */
 export function validateTokenRequest(form: MultipartForm, { policy, clientSendsUuid }: ValidationPolicy): TokenRequest {
-
   for (const [name, values] of form.fields) {
     if (!isParameterName(name)) throw badArgument(name, `${name} is not a field of this endpoint`);
-    if (isServerOwned(name, clientSendsUuid)) throw badArgument(name, `${name} is set by the service and may not be sent`);
+    if (isServerOwned(name, clientSendsUuid))
+      throw badArgument(name, `${name} is set by the service and may not be sent`);
     if (PARAMETERS[name].kind === 'file') throw badArgument(name, `${name} must be sent as a file`);
     if (values.length > 1) throw badArgument(name, `${name} is repeated`);
     // The parser turns bytes that are not UTF-8 into U+FFFD; forwarding that would silently alter, say, a name.
@@ -86,7 +88,10 @@ export function validateTokenRequest(form: MultipartForm, { policy, clientSendsU
       continue;
     }
     if (!fitsTypes(rule, comparisonType, livenessType)) {
-      throw badArgument(name, `${name} is not allowed with comparison_type ${comparisonType} and liveness_type ${livenessType}`);
+      throw badArgument(
+        name,
+        `${name} is not allowed with comparison_type ${comparisonType} and liveness_type ${livenessType}`,
+      );
     }
     if (rule.kind === 'file') continue;
     const value = text(name) ?? '';
@@ -103,15 +108,23 @@ export function validateTokenRequest(form: MultipartForm, { policy, clientSendsU
     const inspection = inspectImage(bytes);
     if (!inspection.ok) {
       throw inspection.problem === 'too-large'
-        ? new AppError(400, 'INVALID_IMAGE_SIZE', `${name} is wider or taller than ${MAX_IMAGE_SIDE} pixels`, { param: name })
-        : new AppError(400, 'IMAGE_ERROR_UNSUPPORTED_FORMAT', `${name} is not a complete JPEG, PNG or BMP image`, { param: name });
+        ? new AppError(400, 'INVALID_IMAGE_SIZE', `${name} is wider or taller than ${MAX_IMAGE_SIDE} pixels`, {
+            param: name,
+          })
+        : new AppError(400, 'IMAGE_ERROR_UNSUPPORTED_FORMAT', `${name} is not a complete JPEG, PNG or BMP image`, {
+            param: name,
+          });
     }
     images.push({ name, bytes, format: inspection.format });
   }
   return { comparisonType, livenessType, fields, images };
 }
 
-function pickType<T extends string>(name: 'comparison_type' | 'liveness_type', value: string | undefined, allowed: readonly T[]): T {
+function pickType<T extends string>(
+  name: 'comparison_type' | 'liveness_type',
+  value: string | undefined,
+  allowed: readonly T[],
+): T {
   if (value === undefined) throw missingArgument(name);
   const problem = valueProblem(PARAMETERS[name] as Parameters<typeof valueProblem>[0], value);
   if (problem !== undefined) throw badArgument(name, `${name} ${problem}`);

@@ -11,7 +11,11 @@ import type { CircuitBreaker } from '../limits/circuit-breaker';
 import type { UpstreamBudget } from '../limits/upstream-budget';
 import type { UpstreamGate } from '../limits/upstream-gate';
 import type { MultipartForm } from '../token-request/multipart-form';
-import { validateTokenRequest, type TokenRequest, type ValidationPolicy } from '../token-request/validate-token-request';
+import {
+  type TokenRequest,
+  type ValidationPolicy,
+  validateTokenRequest,
+} from '../token-request/validate-token-request';
 
 /** A biz_token is single-use and valid for one hour. @see ../shared/seed/App-GetBizToken.md (返回值说明) */
 const BIZ_TOKEN_LIFETIME_MS = 60 * 60 * 1000;
@@ -55,7 +59,11 @@ export interface IssuedToken {
  * answer a repeated Idempotency-Key from its record, wait for an upstream slot, and, unless FaceID's circuit
  * is open, spend one of the operator's daily calls and ask FaceID; keep the answer for replays.
  */
-export async function issueBizToken(input: IssueBizTokenInput, deps: IssueBizTokenDeps, log: Logger): Promise<IssuedToken> {
+export async function issueBizToken(
+  input: IssueBizTokenInput,
+  deps: IssueBizTokenDeps,
+  log: Logger,
+): Promise<IssuedToken> {
   const startedAt = Date.now();
   if (input.answeredBefore !== undefined) {
     if (input.answeredBefore.fingerprint !== fingerprintOf(input.form)) throw keyReused();
@@ -100,7 +108,10 @@ interface HeldClaim {
   fingerprint: string;
 }
 
-async function claimKey(input: IssueBizTokenInput, deps: IssueBizTokenDeps): Promise<HeldClaim | { kind: 'replay'; answer: StoredAnswer }> {
+async function claimKey(
+  input: IssueBizTokenInput,
+  deps: IssueBizTokenDeps,
+): Promise<HeldClaim | { kind: 'replay'; answer: StoredAnswer }> {
   const key = recordKey(input);
   const fingerprint = fingerprintOf(input.form);
   const giveUpAt = Date.now() + deps.idempotencyWaitMs;
@@ -115,26 +126,49 @@ async function claimKey(input: IssueBizTokenInput, deps: IssueBizTokenDeps): Pro
         throw keyReused();
       case 'in-progress':
         if (Date.now() >= giveUpAt) {
-          throw new AppError(409, 'IDEMPOTENCY_KEY_REUSED', 'a request with this Idempotency-Key is still being answered; retry later', {
-            param: 'Idempotency-Key',
-            retryAfterSeconds: 1,
-          });
+          throw new AppError(
+            409,
+            'IDEMPOTENCY_KEY_REUSED',
+            'a request with this Idempotency-Key is still being answered; retry later',
+            {
+              param: 'Idempotency-Key',
+              retryAfterSeconds: 1,
+            },
+          );
         }
         await new Promise((resolve) => setTimeout(resolve, IDEMPOTENCY_POLL_MS));
     }
   }
 }
 
-const recordKey = (input: IssueBizTokenInput): string => idempotencyRecordKey(input.caller.id, input.idempotencyKey ?? '');
+const recordKey = (input: IssueBizTokenInput): string =>
+  idempotencyRecordKey(input.caller.id, input.idempotencyKey ?? '');
 
 const keyReused = (): AppError =>
-  new AppError(409, 'IDEMPOTENCY_KEY_REUSED', 'this Idempotency-Key was used with a different request body', { param: 'Idempotency-Key' });
+  new AppError(409, 'IDEMPOTENCY_KEY_REUSED', 'this Idempotency-Key was used with a different request body', {
+    param: 'Idempotency-Key',
+  });
 
 /** Client errors are answers too and are replayed; 5xx outcomes are not kept, so a retry can succeed. */
-async function settleFailedClaim(claim: HeldClaim, error: unknown, startedAt: number, deps: IssueBizTokenDeps): Promise<void> {
+async function settleFailedClaim(
+  claim: HeldClaim,
+  error: unknown,
+  startedAt: number,
+  deps: IssueBizTokenDeps,
+): Promise<void> {
   if (error instanceof AppError && error.status < 500) {
-    const body = { code: error.code, detail: error.message, ...(error.param === undefined ? {} : { param: error.param }) };
-    await deps.idempotency.complete(claim.key, claim.owner, claim.fingerprint, { status: error.status, body }, startedAt + BIZ_TOKEN_LIFETIME_MS - Date.now());
+    const body = {
+      code: error.code,
+      detail: error.message,
+      ...(error.param === undefined ? {} : { param: error.param }),
+    };
+    await deps.idempotency.complete(
+      claim.key,
+      claim.owner,
+      claim.fingerprint,
+      { status: error.status, body },
+      startedAt + BIZ_TOKEN_LIFETIME_MS - Date.now(),
+    );
   } else {
     await deps.idempotency.release(claim.key, claim.owner);
   }

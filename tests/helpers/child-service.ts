@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import path from 'node:path';
 import supertest from 'supertest';
 
@@ -55,4 +55,6 @@ export async function startChildService(env: Record<string, string>, entry = SER
 }
 
 /** The child as a target of the shared request helpers (`postToken`). */
-export const targetOf = (child: ChildService): { http: () => supertest.Agent } => ({ http: () => supertest.agent(child.url) });
+export const targetOf = (child: ChildService): { http: () => supertest.Agent } => ({
+  http: () => supertest.agent(child.url),
+});

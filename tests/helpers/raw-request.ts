@@ -10,7 +10,12 @@ export interface RawAnswer {
  * A token request over a raw socket that sends its headers (announcing `announcedBytes` of multipart body)
  * and at most `prefix` of the body: only an answer that needs no body can come back.
  */
-export function announceUpload(port: number, headers: Record<string, string>, announcedBytes: number, prefix: string | Buffer = ''): Promise<RawAnswer> {
+export function announceUpload(
+  port: number,
+  headers: Record<string, string>,
+  announcedBytes: number,
+  prefix: string | Buffer = '',
+): Promise<RawAnswer> {
   return new Promise((resolve, reject) => {
     const request = http.request({
       host: '127.0.0.1',
@@ -18,14 +23,22 @@ export function announceUpload(port: number, headers: Record<string, string>, an
       method: 'POST',
       path: '/v1/biz-tokens',
       agent: false,
-      headers: { 'Content-Type': 'multipart/form-data; boundary=x', ...headers, 'Content-Length': String(announcedBytes) },
+      headers: {
+        'Content-Type': 'multipart/form-data; boundary=x',
+        ...headers,
+        'Content-Length': String(announcedBytes),
+      },
     });
     request.on('response', (response) => {
       const chunks: Buffer[] = [];
       response.on('data', (chunk: Buffer) => chunks.push(chunk));
       response.on('end', () => {
         request.destroy();
-        resolve({ status: response.statusCode ?? 0, headers: response.headers, text: Buffer.concat(chunks).toString('utf8') });
+        resolve({
+          status: response.statusCode ?? 0,
+          headers: response.headers,
+          text: Buffer.concat(chunks).toString('utf8'),
+        });
       });
     });
     request.on('error', (error) => (request.destroyed ? undefined : reject(error)));

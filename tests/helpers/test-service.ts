@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto';
-import { SignJWT, type JWTPayload } from 'jose';
+import { type JWTPayload, SignJWT } from 'jose';
 import pino from 'pino';
 import supertest from 'supertest';
 import { createService, type Service } from '../../src/app';
-import { loadConfig, type Config } from '../../src/config/load-config';
+import { type Config, loadConfig } from '../../src/config/load-config';
 import { createLogger } from '../../src/logging/logger';
-import { startSandbox, type Sandbox } from '../../src/sandbox/sandbox-server';
+import { type Sandbox, startSandbox } from '../../src/sandbox/sandbox-server';
 import { jpeg } from '../fixtures/images';
 
 export const TEST_JWT_SECRET = 'test-jwt-secret-that-is-long-enough-0123456789';
@@ -55,7 +55,10 @@ export async function startTestSandbox(latencyMs = 0): Promise<Sandbox> {
 }
 
 /** The service on loopback against a real sandbox (its own, or the one given), with JWT auth by default. */
-export async function startTestService(env: Record<string, string | undefined> = {}, sandbox?: Sandbox): Promise<TestService> {
+export async function startTestService(
+  env: Record<string, string | undefined> = {},
+  sandbox?: Sandbox,
+): Promise<TestService> {
   const upstream = sandbox ?? (await startTestSandbox());
   const config = loadConfig({
     NODE_ENV: 'test',
@@ -69,7 +72,11 @@ export async function startTestService(env: Record<string, string | undefined> =
     ...env,
   });
   const { destination, log } = captureLog();
-  const service = createService(config, config.faceid.credentials ?? { apiKey: SANDBOX_KEY, apiSecret: SANDBOX_SECRET }, createLogger(config.logLevel, destination));
+  const service = createService(
+    config,
+    config.faceid.credentials ?? { apiKey: SANDBOX_KEY, apiSecret: SANDBOX_SECRET },
+    createLogger(config.logLevel, destination),
+  );
   return {
     service,
     config,
@@ -116,9 +123,13 @@ export async function postToken(
   // Authorization: '' sends no Authorization header at all.
   const { Authorization: given, ...rest } = headers;
   const authorization = given ?? `Bearer ${await signToken()}`;
-  let request = target.http().post('/v1/biz-tokens').set(authorization === '' ? rest : { ...rest, Authorization: authorization });
+  let request = target
+    .http()
+    .post('/v1/biz-tokens')
+    .set(authorization === '' ? rest : { ...rest, Authorization: authorization });
   for (const [name, value] of Object.entries(form.fields ?? {})) request = request.field(name, value);
-  for (const [name, bytes] of Object.entries(form.files ?? {})) request = request.attach(name, bytes, { filename: `${name}.jpg`, contentType: 'image/jpeg' });
+  for (const [name, bytes] of Object.entries(form.files ?? {}))
+    request = request.attach(name, bytes, { filename: `${name}.jpg`, contentType: 'image/jpeg' });
   return request;
 }
 
@@ -137,7 +148,12 @@ export interface ProblemAnswer {
  * `request_id` equal to the `X-Request-Id` header. `param`: a string must match exactly, `null` must be
  * absent, undefined is not checked (for answers where several fields could be named). Returns the body.
  */
-export function expectProblemAnswer(answer: ProblemAnswer, status: number, code: string, param?: string | null): Record<string, unknown> {
+export function expectProblemAnswer(
+  answer: ProblemAnswer,
+  status: number,
+  code: string,
+  param?: string | null,
+): Record<string, unknown> {
   // One assertion over status and body first, so a failure shows what the service actually answered.
   expect({ status: answer.status, body: answer.body }).toMatchObject({ status, body: { status, code } });
   expect(answer.headers['content-type']).toMatch(/^application\/problem\+json(;|$)/);
@@ -154,8 +170,18 @@ export function expectProblemAnswer(answer: ProblemAnswer, status: number, code:
 }
 
 /** {@link expectProblemAnswer} for a supertest response. */
-export function expectProblem(response: supertest.Response, status: number, code: string, param?: string | null): Record<string, unknown> {
-  return expectProblemAnswer({ status: response.status, headers: response.headers as ProblemAnswer['headers'], body: response.body as unknown }, status, code, param);
+export function expectProblem(
+  response: supertest.Response,
+  status: number,
+  code: string,
+  param?: string | null,
+): Record<string, unknown> {
+  return expectProblemAnswer(
+    { status: response.status, headers: response.headers as ProblemAnswer['headers'], body: response.body as unknown },
+    status,
+    code,
+    param,
+  );
 }
 
 export const uniquePrefix = (): string => `test-${randomUUID().slice(0, 8)}:`;
