@@ -5,12 +5,14 @@ import { ERROR_CATALOG } from '../src/errors/error-catalog';
 
 const root = path.join(__dirname, '..');
 const readme = readFileSync(path.join(root, 'README.md'), 'utf8');
+const operations = readFileSync(path.join(root, 'docs', 'operations.md'), 'utf8');
 const envExample = readFileSync(path.join(root, '.env.example'), 'utf8');
 const variables = documentedVariables();
 
 describe('the configuration documents', () => {
   test("when the README lists the configuration, then its rows are exactly the schema's variables, defaults and meanings", () => {
-    const section = readme.slice(readme.indexOf('\n## Configuration'), readme.indexOf('\n## Operations'));
+    const start = readme.indexOf('\n## Configuration');
+    const section = readme.slice(start, readme.indexOf('\n## ', start + 1));
     const rows = [...section.matchAll(/^\| `([A-Z0-9_]+)` \| (.+?) \| (.+) \|$/gm)].map(
       ([, name, shownDefault, meaning]) => ({
         name,
@@ -36,8 +38,8 @@ describe('the configuration documents', () => {
     expect(assigned).toEqual(variables.map((variable) => variable.name));
   });
 
-  test('when an error is a 5xx, then the README runbook has a row for it', () => {
-    const runbook = readme.slice(readme.indexOf('\n### Runbook'), readme.indexOf('\n## Deployment'));
+  test('when an error is a 5xx, then the operations runbook has a row for it', () => {
+    const runbook = operations.slice(operations.indexOf('\n## Runbook'), operations.indexOf('\n# Deployment'));
     const serverErrors = Object.entries(ERROR_CATALOG).filter(([, entry]) => entry.status >= 500);
     expect(serverErrors.length).toBeGreaterThan(3);
     for (const [code, entry] of serverErrors) expect(runbook).toContain(`| \`${code}\` (${entry.status}) |`);

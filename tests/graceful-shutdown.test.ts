@@ -14,7 +14,7 @@ import {
 } from './helpers/test-service';
 
 /**
- * Issue 4 item 6 and CONTRACT section 5 (SIGTERM: stop accepting, finish in-flight requests, exit 0), on the
+ * Contract section 5 (SIGTERM: stop accepting, finish in-flight requests, exit 0), on the
  * built service as a real child process against a slow sandbox in this test process.
  */
 

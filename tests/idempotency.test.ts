@@ -18,7 +18,7 @@ import {
 } from './helpers/test-service';
 
 /**
- * Issue 3, "Idempotency-Key" (CONTRACT section 1): keyed by (user, key), "same body" decided by a
+ * Idempotency-Key (contract section 1): keyed by (user, key), "same body" decided by a
  * fingerprint of fields and file bytes, replays marked `Idempotent-Replayed: true` with no second upstream
  * call, 409 IDEMPOTENCY_KEY_REUSED for another body, 5xx not stored, 4xx stored, concurrent pairs make one
  * upstream call, records live no longer than the token. The same tests run against both stores.

@@ -21,7 +21,7 @@ import {
 } from './helpers/test-service';
 
 /**
- * CONTRACT section 5 and issue 4 item 1: one JSON line per request with request id, pseudonymous user,
+ * Contract section 5: one JSON line per request with request id, pseudonymous user,
  * route, status, outcome code, latency and the upstream facts; and never, at any level (here: trace), the
  * api_secret, a sign, a JWT, an ID number, a name or image bytes. A full set of requests runs once in
  * beforeAll against services logging at trace; the tests then read what was written.

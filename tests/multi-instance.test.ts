@@ -13,7 +13,7 @@ import {
 } from './helpers/test-service';
 
 /**
- * Issue 3, "Exact across instances": two real service processes (the built dist/server.js) on one Redis
+ * Exact across instances: two real service processes (the built dist/server.js) on one Redis
  * never let a user through more than RATE_LIMIT_MAX, even when a concurrent burst is spread over both.
  */
 

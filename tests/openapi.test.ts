@@ -17,7 +17,7 @@ import {
 } from './helpers/test-service';
 
 /**
- * Issue 4 item 5: /openapi.json is valid OpenAPI 3.1 (checked by @readme/openapi-parser), documents the
+ * /openapi.json is valid OpenAPI 3.1 (checked by @readme/openapi-parser), documents the
  * endpoint's fields, error codes, headers and security, and the running app's real answers match it.
  */
 

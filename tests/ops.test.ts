@@ -23,7 +23,7 @@ import {
 } from './helpers/test-service';
 
 /**
- * Issue 4 items 2 to 5 from the outside: health and readiness, Prometheus metrics with bounded labels,
+ * From the outside: health and readiness, Prometheus metrics with bounded labels,
  * security headers, CORS, the docs page and the server's own timeouts.
  * @see ../shared/CONTRACT.md section 5
  */

@@ -17,7 +17,7 @@ import {
 } from './helpers/test-service';
 
 /**
- * Issue 3, "Per-user rate limit" and "An operator budget": RATE_LIMIT_MAX per RATE_LIMIT_WINDOW_SECONDS per
+ * The per-user rate limit and the operator budget: RATE_LIMIT_MAX per RATE_LIMIT_WINDOW_SECONDS per
  * user with the IETF RateLimit headers, 429 RATE_LIMITED with Retry-After, and FACEID_DAILY_BUDGET shared
  * through Redis. Every store kind runs the same tests: per-process memory and the shared Redis.
  */

@@ -14,7 +14,7 @@ import {
 } from './helpers/test-service';
 
 /**
- * Issue 3, "Redis trouble does not take the service down": a private redis-server that this file starts,
+ * Redis trouble does not take the service down: a private redis-server that this file starts,
  * kills and starts again on the same port. While it is away the service answers with per-process limits
  * (the insurance limiter), says so in /readyz and once in the log, and shares limits again by itself when
  * Redis returns.

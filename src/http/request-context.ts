@@ -1,7 +1,7 @@
 import type { Request, Response } from 'express';
 import type { Caller } from '../auth/authenticate-caller';
 import type { AppError } from '../errors/app-error';
-import type { AnsweredRecord } from '../idempotency/idempotency-store';
+import type { CompletedRecord } from '../idempotency/idempotency-store';
 import type { IssuedToken } from '../use-cases/issue-biz-token';
 
 /**
@@ -15,7 +15,7 @@ export interface RequestContext {
   rateLimited?: AppError;
   idempotencyKey?: string;
   /** The stored answer a rate-limited caller's Idempotency-Key already holds. */
-  answeredBefore?: AnsweredRecord;
+  completedBefore?: CompletedRecord;
   error?: AppError;
   issued?: IssuedToken;
 }

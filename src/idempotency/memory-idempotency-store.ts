@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import type { ClaimResult, IdempotencyStore, StoredAnswer } from './idempotency-store';
+import type { ClaimResult, IdempotencyStore, StoredResponse } from './idempotency-store';
 
 interface Entry {
   fingerprint: string;
   owner: string | undefined;
-  answer: StoredAnswer | undefined;
+  response: StoredResponse | undefined;
   expiresAt: number;
 }
 
@@ -35,22 +35,22 @@ export function createMemoryIdempotencyStore(now: () => number = Date.now): Idem
   return {
     async find(key) {
       const entry = live(key);
-      return entry === undefined ? undefined : { fingerprint: entry.fingerprint, answer: entry.answer };
+      return entry === undefined ? undefined : { fingerprint: entry.fingerprint, response: entry.response };
     },
     async claim(key, fingerprint, pendingTtlMs): Promise<ClaimResult> {
       const entry = live(key);
       if (entry === undefined) {
         const owner = randomUUID();
-        put(key, { fingerprint, owner, answer: undefined, expiresAt: now() + pendingTtlMs });
+        put(key, { fingerprint, owner, response: undefined, expiresAt: now() + pendingTtlMs });
         return { kind: 'claimed', owner };
       }
       if (entry.fingerprint !== fingerprint) return { kind: 'mismatch' };
-      return entry.answer === undefined ? { kind: 'in-progress' } : { kind: 'replay', answer: entry.answer };
+      return entry.response === undefined ? { kind: 'in-progress' } : { kind: 'replay', response: entry.response };
     },
-    async complete(key, owner, fingerprint, answer, ttlMs) {
+    async complete(key, owner, fingerprint, response, ttlMs) {
       const entry = live(key);
       if (entry !== undefined && entry.owner !== owner) return;
-      put(key, { fingerprint, owner: undefined, answer, expiresAt: now() + ttlMs });
+      put(key, { fingerprint, owner: undefined, response, expiresAt: now() + ttlMs });
     },
     async release(key, owner) {
       if (live(key)?.owner === owner) entries.delete(key);

@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import type { ClaimResult, IdempotencyStore, StoredAnswer } from './idempotency-store';
+import type { ClaimResult, IdempotencyStore, StoredResponse } from './idempotency-store';
 
 interface Record {
   fingerprint: string;
   owner?: string;
-  answer?: StoredAnswer;
+  response?: StoredResponse;
 }
 
 /**
@@ -33,7 +33,7 @@ export function createRedisIdempotencyStore(redis: Redis): IdempotencyStore {
   return {
     async find(key) {
       const record = await read(key);
-      return record === undefined ? undefined : { fingerprint: record.fingerprint, answer: record.answer };
+      return record === undefined ? undefined : { fingerprint: record.fingerprint, response: record.response };
     },
     async claim(key, fingerprint, pendingTtlMs): Promise<ClaimResult> {
       const owner = randomUUID();
@@ -49,10 +49,10 @@ export function createRedisIdempotencyStore(redis: Redis): IdempotencyStore {
       // Expired between the two commands: answered as in progress, so the caller's poll claims it again.
       if (record === undefined) return { kind: 'in-progress' };
       if (record.fingerprint !== fingerprint) return { kind: 'mismatch' };
-      return record.answer === undefined ? { kind: 'in-progress' } : { kind: 'replay', answer: record.answer };
+      return record.response === undefined ? { kind: 'in-progress' } : { kind: 'replay', response: record.response };
     },
-    async complete(key, owner, fingerprint, answer, ttlMs) {
-      await replaceIfOwner(key, owner, JSON.stringify({ fingerprint, answer }), ttlMs);
+    async complete(key, owner, fingerprint, response, ttlMs) {
+      await replaceIfOwner(key, owner, JSON.stringify({ fingerprint, response }), ttlMs);
     },
     async release(key, owner) {
       await replaceIfOwner(key, owner, '', 0);

@@ -22,8 +22,8 @@ export function createResilientIdempotencyStore(
   return {
     find: (key) => withFallback((store) => store.find(key)),
     claim: (key, fingerprint, ttl) => withFallback((store) => store.claim(key, fingerprint, ttl)),
-    complete: (key, owner, fingerprint, answer, ttl) =>
-      withFallback((store) => store.complete(key, owner, fingerprint, answer, ttl)),
+    complete: (key, owner, fingerprint, response, ttl) =>
+      withFallback((store) => store.complete(key, owner, fingerprint, response, ttl)),
     release: (key, owner) => withFallback((store) => store.release(key, owner)),
   };
 }

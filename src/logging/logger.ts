@@ -2,8 +2,8 @@ import pino, { type DestinationStream, type Logger } from 'pino';
 
 /**
  * Names whose values never reach a log line, wherever they sit in a logged object (down to `MAX_DEPTH`).
- * Request and response objects are never logged whole (see the request line written by
- * middleware/request-logging.ts); this is the second line of defence for anything that still carries a
+ * Request and response objects are never logged whole (see the request line built in
+ * middleware/request-logger.ts); this is the second line of defence for anything that still carries a
  * secret under a well-known name.
  */
 const SENSITIVE = [
@@ -30,8 +30,8 @@ const MAX_DEPTH = 4;
  * written. A top-level `err` is left to its serializer, which keeps only type, message, code and stack; an error
  * anywhere else is written as its own properties, so it is walked like any object.
  *
- * Written here rather than with wildcard paths in pino's `redact` option: those clone every logged object,
- * which tripled the cost of the request line (about 12 µs instead of 4 per request; see BENCHMARKS.md).
+ * Written here rather than with wildcard paths in pino's `redact` option: those name keys in one letter case at
+ * fixed depths, and clone every logged object even when nothing in it is sensitive.
  */
 function redactSensitive(value: unknown, depth = 0): unknown {
   if (typeof value !== 'object' || value === null || Buffer.isBuffer(value) || depth >= MAX_DEPTH) return value;

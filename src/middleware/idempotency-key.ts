@@ -23,8 +23,8 @@ export function idempotencyKey(store: IdempotencyStore): RequestHandler {
     if (context.rateLimited !== undefined) {
       if (context.idempotencyKey === undefined) throw context.rateLimited;
       const record = await store.find(idempotencyRecordKey(callerOf(res).id, context.idempotencyKey));
-      if (record?.answer === undefined) throw context.rateLimited;
-      context.answeredBefore = { fingerprint: record.fingerprint, answer: record.answer };
+      if (record?.response === undefined) throw context.rateLimited;
+      context.completedBefore = { fingerprint: record.fingerprint, response: record.response };
     }
     next();
   };

@@ -47,7 +47,7 @@ export function bizTokensRouter(deps: BizTokensRouterDeps): Router {
         caller,
         form: formOf(req),
         idempotencyKey: context.idempotencyKey,
-        answeredBefore: context.answeredBefore,
+        completedBefore: context.completedBefore,
       };
       try {
         context.issued = await issueBizToken(input, deps.useCase, req.log);
@@ -65,7 +65,7 @@ export function bizTokensRouter(deps: BizTokensRouterDeps): Router {
 
 /**
  * A replay costs no FaceID call, so it gives back the request it took from the caller's window. A refund
- * that fails costs the caller one request; it must not cost them their answer.
+ * that fails costs the caller one request; it must not cost them their response.
  */
 function markReplay(res: Response, deps: BizTokensRouterDeps, caller: Caller, log: Logger): void {
   res.setHeader('Idempotent-Replayed', 'true');

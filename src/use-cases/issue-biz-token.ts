@@ -5,7 +5,7 @@ import type { Config } from '../config/load-config';
 import { AppError, type ErrorCode } from '../errors/app-error';
 import type { UpstreamToken, UpstreamTokenRequest } from '../faceid/faceid-client';
 import type { ParameterName } from '../faceid/parameters';
-import type { AnsweredRecord, IdempotencyStore, StoredAnswer } from '../idempotency/idempotency-store';
+import type { CompletedRecord, IdempotencyStore, StoredResponse } from '../idempotency/idempotency-store';
 import { idempotencyRecordKey } from '../idempotency/record-key';
 import type { CircuitBreaker } from '../limits/circuit-breaker';
 import type { UpstreamBudget } from '../limits/upstream-budget';
@@ -33,7 +33,7 @@ export interface IssueBizTokenDeps {
   breaker: CircuitBreaker;
   /** The operator's policy and who may send `uuid`: fixed at start-up. */
   validation: ValidationPolicy;
-  /** How long a second request with the same key waits for the first one's answer. */
+  /** How long a second request with the same key waits for the first one's response. */
   idempotencyWaitMs: number;
 }
 
@@ -45,7 +45,7 @@ export interface IssueBizTokenInput {
    * The caller's window is spent, and its Idempotency-Key already holds this record: only a replay of it may
    * be given (the route refuses a spent caller whose key holds no answer before reading the body).
    */
-  answeredBefore?: AnsweredRecord | undefined;
+  completedBefore?: CompletedRecord | undefined;
 }
 
 export interface IssuedToken {
@@ -65,14 +65,14 @@ export async function issueBizToken(
   log: Logger,
 ): Promise<IssuedToken> {
   const startedAt = Date.now();
-  if (input.answeredBefore !== undefined) {
-    if (input.answeredBefore.fingerprint !== fingerprintOf(input.form)) throw keyReused();
-    return replay(input.answeredBefore.answer);
+  if (input.completedBefore !== undefined) {
+    if (input.completedBefore.fingerprint !== fingerprintOf(input.form)) throw keyReused();
+    return replay(input.completedBefore.response);
   }
   const request = validateTokenRequest(input.form, deps.validation);
 
   const claim = input.idempotencyKey === undefined ? undefined : await claimKey(input, deps);
-  if (claim?.kind === 'replay') return replay(claim.answer);
+  if (claim?.kind === 'replay') return replay(claim.response);
 
   let upstream: UpstreamToken;
   try {
@@ -111,7 +111,7 @@ interface HeldClaim {
 async function claimKey(
   input: IssueBizTokenInput,
   deps: IssueBizTokenDeps,
-): Promise<HeldClaim | { kind: 'replay'; answer: StoredAnswer }> {
+): Promise<HeldClaim | { kind: 'replay'; response: StoredResponse }> {
   const key = recordKey(input);
   const fingerprint = fingerprintOf(input.form);
   const giveUpAt = Date.now() + deps.idempotencyWaitMs;
@@ -174,12 +174,12 @@ async function settleFailedClaim(
   }
 }
 
-function replay(answer: StoredAnswer): IssuedToken {
-  if (answer.status === 201) {
-    return { body: answer.body as IssuedToken['body'], replayed: true, upstream: undefined };
+function replay(response: StoredResponse): IssuedToken {
+  if (response.status === 201) {
+    return { body: response.body as IssuedToken['body'], replayed: true, upstream: undefined };
   }
-  const { code, detail, param } = answer.body as { code: ErrorCode; detail: string; param?: string };
-  throw new AppError(answer.status, code, detail, { param, logContext: { idempotentReplay: true } });
+  const { code, detail, param } = response.body as { code: ErrorCode; detail: string; param?: string };
+  throw new AppError(response.status, code, detail, { param, logContext: { idempotentReplay: true } });
 }
 
 /** Same fields and the same file bytes make the same request, whatever the order of the parts. */
