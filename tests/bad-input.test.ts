@@ -666,6 +666,22 @@ describe('malformed values and shapes', () => {
     await expectUnharmed(before);
   });
 
+  test('when a 10 MB upload opens with a file under a name the endpoint does not take, then 400 names it before the rest is sent', async () => {
+    const before = upstreamMark();
+    const opening = Buffer.from(
+      `--${BOUNDARY}\r\nContent-Disposition: form-data; name="notes"; filename="notes.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`,
+      'latin1',
+    );
+    const exchange = await openRaw({ 'Content-Type': multipartType, 'Content-Length': String(opening.length + 10 * MB) });
+    // Only the opening and 64 KB: if the service waited for the whole body it would never answer.
+    await write(exchange.socket, opening);
+    await write(exchange.socket, Buffer.alloc(64 * 1024, 0x5a));
+    const answer = await timed(QUICK_MS, () => within(exchange.answer, QUICK_MS, 'unknown file first'));
+    exchange.socket.destroy();
+    expectRawProblem(answer, 400, 'BAD_ARGUMENTS', 'notes');
+    await expectUnharmed(before);
+  });
+
   test('when more than 3 files are sent, then 400 BAD_ARGUMENTS and nothing goes upstream', async () => {
     const before = upstreamMark();
     const body = multipartBody([

@@ -18,6 +18,8 @@ export interface RequestContext {
   completedBefore?: CompletedRecord;
   error?: AppError;
   issued?: IssuedToken;
+  /** Node's HTTP parser refused the request (a malformed chunk) and answered it with its own 400. */
+  refusedByHttpParser?: true;
 }
 
 declare global {
@@ -51,18 +53,17 @@ export function routeOf(req: Request): string {
 
 /**
  * How the request ended, for its log line and the metrics alike: the status really sent (499 when the
- * client left before the answer was out), the service's code, and the upstream facts when FaceID was asked.
+ * client left before the response was out, Node's own 400 for a body that is not valid HTTP), the service's
+ * code, and the upstream facts when FaceID was asked.
  */
 export function outcomeOf(res: Response): {
   status: number;
   code: string;
   upstream: Record<string, unknown> | undefined;
 } {
-  const { error, issued } = contextOf(res);
-  const finished = res.writableFinished;
-  return {
-    status: finished ? res.statusCode : CLIENT_CLOSED_STATUS,
-    code: finished ? (error?.code ?? 'OK') : 'CLIENT_CLOSED',
-    upstream: issued?.upstream ?? error?.logContext,
-  };
+  const { error, issued, refusedByHttpParser } = contextOf(res);
+  const upstream = issued?.upstream ?? error?.logContext;
+  if (res.writableFinished) return { status: res.statusCode, code: error?.code ?? 'OK', upstream };
+  if (refusedByHttpParser) return { status: 400, code: 'BAD_ARGUMENTS', upstream };
+  return { status: CLIENT_CLOSED_STATUS, code: 'CLIENT_CLOSED', upstream };
 }

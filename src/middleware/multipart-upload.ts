@@ -53,7 +53,8 @@ const MULTER_ERRORS: Readonly<Record<string, (error: MulterError) => AppError>> 
 /**
  * Reads the multipart body with multer into memory (the upload gate has reserved the memory), within the
  * limits above. A body without Content-Length is counted as it arrives: past the limit the 413 goes out at
- * once, where multer would first read the rest of a body that may never end.
+ * once, where multer would first read the rest of a body that may never end; a file under a name the
+ * endpoint does not take is refused at once too.
  */
 export function multipartUpload(): RequestHandler {
   return (req, res, next) => {
@@ -63,25 +64,33 @@ export function multipartUpload(): RequestHandler {
       settled = true;
       next(error === undefined ? undefined : toAppError(error, req));
     };
+    // multer reports its errors only once it has read the rest of the body; these are answered at once, and
+    // the error handler then closes the connection instead of reading on.
+    let parser: Writable | undefined;
+    const refuseNow = (error: AppError): void => {
+      if (parser !== undefined) req.unpipe(parser);
+      settle(error);
+    };
     let received = 0;
     const upload = multer({
       storage: multer.memoryStorage(),
       limits: LIMITS,
       fileFilter: (_req, file, accept) => {
-        if (FILE_NAMES.has(file.fieldname)) accept(null, true);
-        else if (isParameterName(file.fieldname))
-          accept(badArgument(file.fieldname, `${file.fieldname} must be sent as a text field`));
-        else accept(badArgument(file.fieldname, `${file.fieldname} is not a field of this endpoint`));
+        if (FILE_NAMES.has(file.fieldname)) return accept(null, true);
+        accept(null, false);
+        refuseNow(
+          isParameterName(file.fieldname)
+            ? badArgument(file.fieldname, `${file.fieldname} must be sent as a text field`)
+            : badArgument(file.fieldname, `${file.fieldname} is not a field of this endpoint`),
+        );
       },
-      streamHandler: (incoming, parser) => {
+      streamHandler: (incoming, busboy) => {
+        parser = busboy;
         incoming.on('data', (chunk: Buffer) => {
           received += chunk.length;
-          if (received > MAX_REQUEST_BYTES && !settled) {
-            incoming.unpipe(parser);
-            settle(uploadTooLarge());
-          }
+          if (received > MAX_REQUEST_BYTES && !settled) refuseNow(uploadTooLarge());
         });
-        incoming.pipe(parser);
+        incoming.pipe(busboy);
       },
     }).any();
     upload(req, res, settle);

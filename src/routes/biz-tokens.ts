@@ -9,6 +9,7 @@ import { authenticate } from '../middleware/authenticate';
 import { countTokenOutcomes } from '../middleware/count-token-outcomes';
 import { idempotencyKey } from '../middleware/idempotency-key';
 import { formOf, multipartUpload } from '../middleware/multipart-upload';
+import { noteHttpParserRefusal } from '../middleware/note-http-parser-refusal';
 import { announceRateLimitPolicy, spendRateLimit } from '../middleware/rate-limit';
 import { uploadGate } from '../middleware/upload-gate';
 import type { Metrics } from '../observability/metrics';
@@ -34,6 +35,7 @@ export function bizTokensRouter(deps: BizTokensRouterDeps): Router {
   router.post(
     BIZ_TOKENS_PATH,
     countTokenOutcomes(deps.metrics),
+    noteHttpParserRefusal,
     announceRateLimitPolicy(deps.rateLimiter),
     authenticate(deps.authenticateCaller),
     spendRateLimit(deps.rateLimiter),
