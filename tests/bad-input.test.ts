@@ -672,7 +672,10 @@ describe('malformed values and shapes', () => {
       `--${BOUNDARY}\r\nContent-Disposition: form-data; name="notes"; filename="notes.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`,
       'latin1',
     );
-    const exchange = await openRaw({ 'Content-Type': multipartType, 'Content-Length': String(opening.length + 10 * MB) });
+    const exchange = await openRaw({
+      'Content-Type': multipartType,
+      'Content-Length': String(opening.length + 10 * MB),
+    });
     // Only the opening and 64 KB: if the service waited for the whole body it would never answer.
     await write(exchange.socket, opening);
     await write(exchange.socket, Buffer.alloc(64 * 1024, 0x5a));
