@@ -504,7 +504,7 @@ describe('the upload memory budget, however a request ends', () => {
     expect((await target.http().get('/readyz')).status).toBe(200);
   });
 
-  test("when one user's two 10 MiB uploads take the whole budget and both are refused mid-body (a file part the endpoint does not know), then the one that finishes its body gets 400 naming the part, the one that leaves frees its share, and another user's upload gets 201 at once", async () => {
+  test("when one user's two 10 MiB uploads each open with a file part the endpoint does not take, then both get 400 naming the part before their bodies arrive, their reservations are freed (one client stays, one resets), and another user's upload gets 201 at once", async () => {
     const { target, port } = await startListening(BUDGET_ENV);
     const before = upstreamMark(target);
     const userA = await signToken({ sub: 'lifecycle-user-a' });
@@ -520,17 +520,15 @@ describe('the upload memory budget, however a request ends', () => {
       await write(upload.socket, opening);
       uploads.push(upload);
     }
-    expect(await reservedReaches(target, BUDGET_BYTES)).toBe(BUDGET_BYTES);
-    const [finisher, leaver] = uploads as [RawExchange, RawExchange];
-    // The first sends the rest of what it announced; the second leaves without it.
-    const rest = Buffer.alloc(half - opening.length, 0x5a);
-    await writeLarge(finisher, rest);
-    const refused = await within(finisher.answer, 3_000, 'the refused upload');
-    expectRawProblem(refused, 400, 'BAD_ARGUMENTS', 'notes');
+    const [stayer, leaver] = uploads as [RawExchange, RawExchange];
+    // Neither sends the rest of what it announced: the refusal must not wait for it.
+    expectRawProblem(await within(stayer.answer, 3_000, 'the first refused upload'), 400, 'BAD_ARGUMENTS', 'notes');
+    expectRawProblem(await within(leaver.answer, 3_000, 'the second refused upload'), 400, 'BAD_ARGUMENTS', 'notes');
     endClient(leaver, 'RST');
     expectNothingUpstream(target, before);
     await expectBudgetFree(target, `Bearer ${await signToken({ sub: 'lifecycle-user-b' })}`);
     expect((await target.http().get('/readyz')).status).toBe(200);
+    endClient(stayer, 'FIN');
   });
 });
 
