@@ -23,7 +23,16 @@ import { createMetrics, type Metrics } from './observability/metrics';
 import { buildOpenApiDocument } from './openapi/openapi-document';
 import { bizTokensRouter } from './routes/biz-tokens';
 import { opsRouter, type Readiness } from './routes/ops';
+import { verificationsRouter } from './routes/verifications';
+import { createRedisExpiringStore, createResilientExpiringStore, type ExpiringStore } from './storage/expiring-store';
 import type { IssueBizTokenDeps } from './use-cases/issue-biz-token';
+import type { VerifyBizTokenDeps } from './use-cases/verify-biz-token';
+import { createBizTokenRegistry, type IssuedBizToken } from './verification/biz-token-registry';
+import { reasonLabel } from './verification/verdict';
+import type { VerificationRecord } from './verification/verification-record';
+import { createDeliveryQueue } from './webhooks/create-delivery-queue';
+import type { DeliveryQueue } from './webhooks/delivery-queue';
+import { verificationEventBody } from './webhooks/verification-event';
 
 /** Everything the app needs, built once at start-up; `close` releases what holds sockets. */
 export interface Service {
@@ -58,23 +67,57 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
     log: logger.child({ component: 'faceid-circuit' }),
   });
   const uploadBudget = createUploadMemoryBudget(config.uploads.memoryBytes, config.uploads.queueTimeoutMs);
-  const metrics = createMetrics({ gate, breaker, uploadBudget });
+  let deliveries: DeliveryQueue | undefined;
+  const metrics = createMetrics({ gate, breaker, uploadBudget, webhookBacklog: () => deliveries?.pending() });
+  deliveries = createDeliveryQueue(config, metrics, logger);
+
+  const sharedIsReady = (): boolean => shared.state() === 'ready';
   const local = createMemoryIdempotencyStore();
-  const useCase: IssueBizTokenDeps = {
+  const idempotency =
+    shared.redis === undefined
+      ? local
+      : createResilientIdempotencyStore(createRedisIdempotencyStore(shared.redis), local, sharedIsReady);
+  const sharedRecords = <T>(prefix: string): ExpiringStore<T> =>
+    createResilientExpiringStore<T>(
+      shared.redis === undefined ? undefined : createRedisExpiringStore<T>(shared.redis, prefix),
+      sharedIsReady,
+      logger,
+    );
+  const tokens = createBizTokenRegistry(sharedRecords<IssuedBizToken>('biz-token:'));
+  const records = sharedRecords<VerificationRecord>('verification:');
+  const budget = createUpstreamBudget(config.faceid.dailyBudget, shared, logger);
+  const waitMs = config.faceid.timeoutMs + config.faceid.queueTimeoutMs + IDEMPOTENCY_WAIT_MARGIN_MS;
+  const issueToken: IssueBizTokenDeps = {
     faceid,
-    idempotency:
-      shared.redis === undefined
-        ? local
-        : createResilientIdempotencyStore(
-            createRedisIdempotencyStore(shared.redis),
-            local,
-            () => shared.state() === 'ready',
-          ),
-    budget: createUpstreamBudget(config.faceid.dailyBudget, shared, logger),
+    idempotency,
+    budget,
     gate,
     breaker,
     validation: { policy: config.policy, clientSendsUuid: config.auth.mode === 'none' },
-    idempotencyWaitMs: config.faceid.timeoutMs + config.faceid.queueTimeoutMs + IDEMPOTENCY_WAIT_MARGIN_MS,
+    idempotencyWaitMs: waitMs,
+    tokens,
+  };
+  const verifyToken: VerifyBizTokenDeps = {
+    faceid,
+    tokens,
+    idempotency,
+    budget,
+    gate,
+    breaker,
+    policy: { forceCompare: config.policy.forceCompare === '1', falseAcceptRate: config.policy.falseAcceptRate },
+    waitMs,
+    sink: {
+      keep: (record) => records.put(record.data.verification_id, record, config.verificationRetentionMs),
+      announce: async (data, imageBest) => {
+        await deliveries?.enqueue({
+          // Stable across attempts, as Standard Webhooks asks.
+          webhookId: `msg_${data.verification_id.slice('vf_'.length)}`,
+          body: verificationEventBody(data, config.webhook.includeImage ? imageBest : undefined),
+          queuedAt: Date.now(),
+        });
+      },
+      counted: (decision) => metrics.verdicts.inc({ verdict: decision.verdict, reason: reasonLabel(decision.reason) }),
+    },
   };
   let draining = false;
   const readiness: Readiness = () => ({ shuttingDown: draining, redis: shared.state() });
@@ -92,15 +135,17 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
   if (config.corsOrigins.length > 0) app.use(cors({ origin: config.corsOrigins, exposedHeaders: EXPOSED_HEADERS }));
   app.use(measureRequests(metrics));
 
+  const authenticateCaller = createCallerAuthenticator(config.auth, logger);
   app.use(
     bizTokensRouter({
-      authenticateCaller: createCallerAuthenticator(config.auth, logger),
+      authenticateCaller,
       rateLimiter: createUserRateLimiter(config.rateLimit, shared),
       metrics,
       uploadBudget,
-      useCase,
+      useCase: issueToken,
     }),
   );
+  app.use(verificationsRouter({ authenticateCaller, metrics, uploadBudget, useCase: verifyToken, records }));
   app.use(
     opsRouter({
       readiness,
@@ -121,6 +166,7 @@ export function createService(config: Config, credentials: FaceIdCredentials, lo
     },
     close: async () => {
       faceid.close();
+      await deliveries?.close();
       await shared.close();
     },
   };

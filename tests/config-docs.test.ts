@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { documentedVariables } from '../src/config/schema';
 import { ERROR_CATALOG } from '../src/errors/error-catalog';
+import { verdictTableMarkdown } from '../src/openapi/openapi-document';
 
 const root = path.join(__dirname, '..');
 const readme = readFileSync(path.join(root, 'README.md'), 'utf8');
@@ -43,5 +44,14 @@ describe('the configuration documents', () => {
     const serverErrors = Object.entries(ERROR_CATALOG).filter(([, entry]) => entry.status >= 500);
     expect(serverErrors.length).toBeGreaterThan(3);
     for (const [code, entry] of serverErrors) expect(runbook).toContain(`| \`${code}\` (${entry.status}) |`);
+  });
+});
+
+describe('the verdict table in the README', () => {
+  test('when the README shows the verdicts, then its table is exactly the one the service decides with', () => {
+    const start = readme.indexOf("| FaceID's result | verdict |");
+    expect(start).toBeGreaterThan(0);
+    const table = readme.slice(start).split('\n\n')[0];
+    expect(table).toBe(verdictTableMarkdown());
   });
 });

@@ -162,7 +162,7 @@ describe('GET /openapi.json', () => {
     expect(operationOf(openDocument).security ?? []).toEqual([]);
   });
 
-  test('when read, then the error catalog holds exactly the rows of CONTRACT section 2, plus 404 and 500, with their statuses', () => {
+  test('when read, then the error catalog holds exactly the rows of CONTRACT sections 2 and 7.1, plus 404 and 500, with their statuses', () => {
     // Written out from the contract: the document is built from the catalog, so only this list can catch a catalog that drifts.
     const contract: Record<string, number> = {
       MISSING_ARGUMENTS: 400,
@@ -183,6 +183,10 @@ describe('GET /openapi.json', () => {
       UPSTREAM_REJECTED: 502,
       UPSTREAM_ERROR: 502,
       UPSTREAM_TIMEOUT: 504,
+      // Section 7.1: the verification route's own.
+      MEGLIVE_DATA_ERROR: 400,
+      MEGLIVE_DATA_BIZ_TOKEN_NOT_MATCH: 400,
+      BIZ_TOKEN_NOT_FOUND: 404,
       // Not rows of the table, but answers every HTTP service gives: an unknown route, and a bug.
       NOT_FOUND: 404,
       INTERNAL_ERROR: 500,

@@ -11,12 +11,20 @@ export interface Caller {
   id: string;
   /** The `uuid` sent to FaceID for comparison_type 0; undefined when the client sends its own. */
   uuid: string | undefined;
+  /**
+   * The JWT `sub` as sent, for the operator's own records (the verification record and webhook name the user
+   * by it); undefined under AUTH_MODE=none. Never logged.
+   */
+  subject: string | undefined;
+  /** The JWT `scope` claim, split on spaces as OAuth 2.0 writes it. */
+  scopes: ReadonlySet<string>;
 }
 
 /** `clientAddress` is asked only when the address is the caller's identity (AUTH_MODE=none). */
 export type AuthenticateCaller = (authorization: string | undefined, clientAddress: () => string) => Promise<Caller>;
 
 const JWKS_UNAVAILABLE = 'the signing keys could not be fetched';
+const NO_SCOPES: ReadonlySet<string> = new Set();
 const ASYMMETRIC_ALGORITHMS = [
   'RS256',
   'RS384',
@@ -40,7 +48,12 @@ export function createCallerAuthenticator(auth: Config['auth'], log: Logger): Au
   const pseudonym = (value: string): string => createHmac('sha256', salt).update(value).digest('hex');
 
   if (auth.mode === 'none') {
-    return async (_authorization, clientAddress) => ({ id: pseudonym(`ip:${clientAddress()}`), uuid: undefined });
+    return async (_authorization, clientAddress) => ({
+      id: pseudonym(`ip:${clientAddress()}`),
+      uuid: undefined,
+      subject: undefined,
+      scopes: NO_SCOPES,
+    });
   }
 
   const verify = verifier(auth);
@@ -55,7 +68,8 @@ export function createCallerAuthenticator(auth: Config['auth'], log: Logger): Au
       if (typeof payload.sub !== 'string' || payload.sub.length === 0)
         throw unauthenticated('the token has no subject');
       const id = pseudonym(`sub:${payload.sub}`);
-      return { id, uuid: id };
+      const scopes = typeof payload.scope === 'string' ? new Set(payload.scope.split(' ').filter(Boolean)) : NO_SCOPES;
+      return { id, uuid: id, subject: payload.sub, scopes };
     } catch (error) {
       if (error instanceof AppError) throw error;
       const reason = rejectionReason(error);

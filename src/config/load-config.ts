@@ -2,6 +2,7 @@ import { createPublicKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type { ComparisonType, LivenessType } from '../faceid/parameters';
+import type { FalseAcceptRate } from '../verification/verdict';
 import { type Env, envSchema } from './schema';
 
 export interface FaceIdCredentials {
@@ -50,7 +51,18 @@ export interface Config {
     comparisonTypes: ComparisonType[];
     securityLevel: '1' | '2' | '3' | '4';
     forceCompare: '0' | '1';
+    /** Undefined: FaceID's own judgement of a match is taken. */
+    falseAcceptRate: FalseAcceptRate | undefined;
   };
+  webhook: {
+    /** Undefined: verdicts are only stored, never pushed. */
+    url: string | undefined;
+    secret: string | undefined;
+    includeImage: boolean;
+    maxAttempts: number;
+    retryDelayMs: number;
+  };
+  verificationRetentionMs: number;
   corsOrigins: string[];
   metricsPort: number | undefined;
   docsEnabled: boolean;
@@ -130,6 +142,12 @@ export function loadConfig(source: NodeJS.ProcessEnv): Config {
   if (env.REDIS_URL !== undefined && !/^rediss?:\/\//.test(env.REDIS_URL)) {
     problems.push('REDIS_URL: must start with redis:// or rediss://');
   }
+  if (env.WEBHOOK_URL !== undefined && env.WEBHOOK_SECRET === undefined) {
+    problems.push('WEBHOOK_SECRET: required with WEBHOOK_URL (the backend must be able to check each webhook)');
+  }
+  if (production && env.WEBHOOK_URL !== undefined && !env.WEBHOOK_URL.startsWith('https://')) {
+    problems.push('WEBHOOK_URL: must use https in production');
+  }
   const trustProxy = parseTrustProxy(env.TRUST_PROXY, problems);
   if (env.METRICS_PORT !== undefined && env.METRICS_PORT === env.PORT) {
     problems.push('METRICS_PORT: must differ from PORT');
@@ -179,7 +197,16 @@ export function loadConfig(source: NodeJS.ProcessEnv): Config {
       comparisonTypes: env.POLICY_COMPARISON_TYPES,
       securityLevel: env.POLICY_SECURITY_LEVEL,
       forceCompare: env.POLICY_FORCE_COMPARE,
+      falseAcceptRate: env.POLICY_FALSE_ACCEPT_RATE,
     },
+    webhook: {
+      url: env.WEBHOOK_URL,
+      secret: env.WEBHOOK_SECRET,
+      includeImage: env.WEBHOOK_INCLUDE_IMAGE,
+      maxAttempts: env.WEBHOOK_MAX_ATTEMPTS,
+      retryDelayMs: env.WEBHOOK_RETRY_DELAY_MS,
+    },
+    verificationRetentionMs: env.VERIFICATION_RETENTION_HOURS * 60 * 60 * 1000,
     corsOrigins:
       env.CORS_ORIGINS?.split(',')
         .map((origin) => origin.trim())

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { COMPARISON_TYPES, LIVENESS_TYPES, MAX_REQUEST_BYTES, SECURITY_LEVELS } from '../faceid/parameters';
 import { LOG_LEVELS } from '../logging/logger';
+import { FALSE_ACCEPT_RATES } from '../verification/verdict';
 
 /**
  * Every environment variable the service reads, with its default and meaning. The README's configuration
@@ -21,6 +22,14 @@ const csv = <T extends string>(values: readonly [T, ...T[]]) =>
         .filter((part) => part.length > 0),
     )
     .pipe(z.array(z.enum(values)).min(1, 'must name at least one value'));
+
+/** Standard Webhooks' key format: base64 that every library decodes alike, so the backend can load the same key. */
+function isWebhookSecret(text: string): boolean {
+  if (!text.startsWith('whsec_')) return false;
+  const encoded = text.slice('whsec_'.length);
+  const key = Buffer.from(encoded, 'base64');
+  return key.length >= 24 && key.toString('base64') === encoded;
+}
 
 export const envSchema = z.object({
   NODE_ENV: z
@@ -95,7 +104,7 @@ export const envSchema = z.object({
     .describe('Secret salt of the pseudonymous user id sent to FaceID as `uuid`; required in production.'),
 
   REDIS_URL: optionalText.describe(
-    'Redis shared by all instances (limits, budget, idempotency). Unset: per-process memory.',
+    'Redis shared by all instances (limits, budget, idempotency, issued tokens, verifications, webhook queue). Unset: per-process memory.',
   ),
   REDIS_KEY_PREFIX: z
     .string()
@@ -123,6 +132,32 @@ export const envSchema = z.object({
     .describe('Comparison types callers may ask for.'),
   POLICY_SECURITY_LEVEL: z.enum(SECURITY_LEVELS).default('2').describe('`security_level` sent on every request.'),
   POLICY_FORCE_COMPARE: flag.default('0').describe('`force_compare` sent on every request.'),
+  POLICY_FALSE_ACCEPT_RATE: z
+    .enum(FALSE_ACCEPT_RATES)
+    .optional()
+    .describe(
+      'Unset, or `1e-3` to `1e-6`: sends `verbose=1`, and a verification passes only if every comparison reaches the threshold at this false-accept rate.',
+    ),
+
+  WEBHOOK_URL: z
+    .url({ protocol: /^https?$/ })
+    .optional()
+    .describe("The operator's backend: each verdict is POSTed there, signed (Standard Webhooks). HTTPS in production."),
+  WEBHOOK_SECRET: z
+    .string()
+    .refine(isWebhookSecret, 'must be `whsec_` followed by at least 24 bytes in padded base64')
+    .optional()
+    .describe('Signing key of the webhooks, `whsec_` + base64 of at least 24 random bytes; required with WEBHOOK_URL.'),
+  WEBHOOK_INCLUDE_IMAGE: booleanText
+    .prefault('false')
+    .describe("Send FaceID's best live frame (`image_best`) in the webhook; kept only until its delivery ends."),
+  WEBHOOK_MAX_ATTEMPTS: integer(1, 100).default(10).describe('Delivery attempts of one webhook before it is given up.'),
+  WEBHOOK_RETRY_DELAY_MS: integer(100, 3_600_000)
+    .default(10_000)
+    .describe('Delay before the second attempt; each further one doubles it, at most one hour apart.'),
+  VERIFICATION_RETENTION_HOURS: integer(1, 8_760)
+    .default(72)
+    .describe('How long verification records can be read back (GET /v1/verifications/{id}).'),
 
   UPLOAD_MEMORY_MB: integer(MAX_REQUEST_BYTES / 1024 / 1024, 4096)
     .default(32)

@@ -47,6 +47,16 @@ export const ERROR_CATALOG = {
     when: 'The face in `image` is of too low a quality.',
     example: { detail: 'FaceID: LOW_QUALITY (image)', param: 'image' },
   },
+  MEGLIVE_DATA_ERROR: {
+    status: 400,
+    when: 'FaceID could not read `meglive_data`: it must be sent exactly as the SDK produced it.',
+    example: { detail: 'FaceID: MEGLIVE_DATA_ERROR (meglive_data)', param: 'meglive_data' },
+  },
+  MEGLIVE_DATA_BIZ_TOKEN_NOT_MATCH: {
+    status: 400,
+    when: '`meglive_data` was made for another biz_token.',
+    example: { detail: 'FaceID: MEGLIVE_DATA_BIZ_TOKEN_NOT_MATCH (meglive_data)', param: 'meglive_data' },
+  },
   UNAUTHENTICATED: { status: 401, when: 'No or an invalid caller JWT.', example: { detail: 'the token has expired' } },
   COMPARISON_TYPE_NOT_PERMITTED: {
     status: 403,
@@ -56,7 +66,16 @@ export const ERROR_CATALOG = {
       param: 'comparison_type',
     },
   },
-  NOT_FOUND: { status: 404, when: 'No such route.', example: { detail: 'no route for GET /v1/nothing' } },
+  NOT_FOUND: {
+    status: 404,
+    when: 'No such route, or no verification with this id that the caller may read.',
+    example: { detail: 'no route for GET /v1/nothing' },
+  },
+  BIZ_TOKEN_NOT_FOUND: {
+    status: 404,
+    when: 'The biz_token was not issued by this service to this user, or its hour is over (the cases are not told apart).',
+    example: { detail: 'no biz_token of yours with this value is live', param: 'biz_token' },
+  },
   IDEMPOTENCY_KEY_REUSED: {
     status: 409,
     when: 'The Idempotency-Key was used with a different body, or its first request is still being answered after the wait.',
@@ -95,7 +114,7 @@ export const ERROR_CATALOG = {
   UPSTREAM_ERROR: {
     status: 502,
     when: 'FaceID failed (INTERNAL_ERROR after retries, an unreadable answer, or no connection).',
-    example: { detail: 'FaceID could not issue a token; try again later' },
+    example: { detail: 'FaceID failed to answer; try again later' },
   },
   UPSTREAM_BUSY: {
     status: 503,

@@ -23,6 +23,14 @@ const FACEID_ERROR_TABLE: Readonly<Record<string, Mapping>> = {
   NO_FACE_FOUND: { kind: 'client-field', status: 400, code: 'NO_FACE_FOUND' },
   MULTIPLE_FACES: { kind: 'client-field', status: 400, code: 'MULTIPLE_FACES', defaultParam: 'image' },
   LOW_QUALITY: { kind: 'client-field', status: 400, code: 'LOW_QUALITY', defaultParam: 'image' },
+  /** @see ../shared/seed/App-Verify.md (Errors) */
+  MEGLIVE_DATA_ERROR: { kind: 'client-field', status: 400, code: 'MEGLIVE_DATA_ERROR', defaultParam: 'meglive_data' },
+  MEGLIVE_DATA_BIZ_TOKEN_NOT_MATCH: {
+    kind: 'client-field',
+    status: 400,
+    code: 'MEGLIVE_DATA_BIZ_TOKEN_NOT_MATCH',
+    defaultParam: 'meglive_data',
+  },
   'AUTHORIZATION_ERROR: NO_DATA_SOURCE_PERMISSION': {
     kind: 'caller',
     status: 403,
@@ -78,7 +86,7 @@ export const isRetryable = (failure: FaceIdFailure): boolean => mappingOf(failur
 const BUSY_RETRY_AFTER_SECONDS = 1;
 
 export const upstreamError = (detail: string, logContext: Record<string, unknown>): AppError =>
-  new AppError(502, 'UPSTREAM_ERROR', 'FaceID could not issue a token; try again later', {
+  new AppError(502, 'UPSTREAM_ERROR', 'FaceID failed to answer; try again later', {
     logContext: { ...logContext, reason: detail },
   });
 

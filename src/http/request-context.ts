@@ -2,7 +2,6 @@ import type { Request, Response } from 'express';
 import type { Caller } from '../auth/authenticate-caller';
 import type { AppError } from '../errors/app-error';
 import type { CompletedRecord } from '../idempotency/idempotency-store';
-import type { IssuedToken } from '../use-cases/issue-biz-token';
 
 /**
  * What one request has learnt so far, kept in `res.locals`: the middleware fill it in, the log line, the
@@ -17,7 +16,10 @@ export interface RequestContext {
   /** The stored answer a rate-limited caller's Idempotency-Key already holds. */
   completedBefore?: CompletedRecord;
   error?: AppError;
-  issued?: IssuedToken;
+  /** The answer was a stored one, replayed (an Idempotency-Key, or a biz_token verified before). */
+  replayed?: true;
+  /** What FaceID's exchange reported, for a request answered with FaceID's help. */
+  upstream?: Record<string, unknown>;
   /** Node's HTTP parser refused the request (a malformed chunk) and answered it with its own 400. */
   refusedByHttpParser?: true;
 }
@@ -61,8 +63,8 @@ export function outcomeOf(res: Response): {
   code: string;
   upstream: Record<string, unknown> | undefined;
 } {
-  const { error, issued, refusedByHttpParser } = contextOf(res);
-  const upstream = issued?.upstream ?? error?.logContext;
+  const { error, refusedByHttpParser } = contextOf(res);
+  const upstream = contextOf(res).upstream ?? error?.logContext;
   if (res.writableFinished) return { status: res.statusCode, code: error?.code ?? 'OK', upstream };
   if (refusedByHttpParser) return { status: 400, code: 'BAD_ARGUMENTS', upstream };
   return { status: CLIENT_CLOSED_STATUS, code: 'CLIENT_CLOSED', upstream };

@@ -8,19 +8,28 @@ import type { MultipartForm } from '../token-request/multipart-form';
 import { uploadTooLarge } from './upload-gate';
 
 /**
- * Far above what a correct request sends (12 text fields and 3 photos): anything beyond is an attack, not a
- * mistake, and is refused before it is read further.
+ * Far above what a correct request sends (12 text fields and 3 photos at most): anything beyond is an
+ * attack, not a mistake, and is refused before it is read further.
  */
-const LIMITS: multer.Options['limits'] = {
-  files: FILE_PARAMETERS.length,
+const FIELD_LIMITS = {
   fields: 24,
-  parts: 24 + FILE_PARAMETERS.length,
   fieldSize: 1024,
   fieldNameSize: 64,
   fileSize: MAX_REQUEST_BYTES,
   // FaceID's names are flat: `liveness_type[0]` is refused under its own name instead of becoming an array.
   fieldNestingDepth: 0,
-};
+} as const;
+
+/** Which parts an endpoint takes as files, and which names it knows as text fields. */
+export interface UploadForm {
+  files: readonly string[];
+  isTextField: (name: string) => boolean;
+  /** The answer for a text value over the size limit, where the endpoint has its own; else 400 naming the field. */
+  tooLong?: (name: string) => AppError | undefined;
+}
+
+/** `POST /v1/biz-tokens`: FaceID's get_biz_token parameters. */
+export const TOKEN_FORM: UploadForm = { files: FILE_PARAMETERS, isTextField: isParameterName };
 
 declare module 'multer' {
   interface Options {
@@ -29,19 +38,21 @@ declare module 'multer' {
   }
 }
 
-const FILE_NAMES: ReadonlySet<string> = new Set(FILE_PARAMETERS);
-
 const malformed = (): AppError => new AppError(400, 'BAD_ARGUMENTS', 'the body is not well-formed multipart/form-data');
 
+type Limits = NonNullable<multer.Options['limits']> & typeof FIELD_LIMITS & { files: number; parts: number };
+
 /** Every MulterError as the contract's problem answer. */
-const MULTER_ERRORS: Readonly<Record<string, (error: MulterError) => AppError>> = {
-  LIMIT_PART_COUNT: () => new AppError(400, 'BAD_ARGUMENTS', `at most ${LIMITS.parts} parts may be sent`),
+const MULTER_ERRORS: Readonly<Record<string, (error: MulterError, limits: Limits, form: UploadForm) => AppError>> = {
+  LIMIT_PART_COUNT: (_error, limits) => new AppError(400, 'BAD_ARGUMENTS', `at most ${limits.parts} parts may be sent`),
   LIMIT_FILE_SIZE: () => uploadTooLarge(),
-  LIMIT_FILE_COUNT: () => new AppError(400, 'BAD_ARGUMENTS', `at most ${LIMITS.files} files may be sent`),
-  LIMIT_FIELD_KEY: () =>
-    new AppError(400, 'BAD_ARGUMENTS', `a field name is too long (at most ${LIMITS.fieldNameSize} bytes)`),
-  LIMIT_FIELD_VALUE: (error) => badArgument(error.field ?? '', `${error.field} is too long`),
-  LIMIT_FIELD_COUNT: () => new AppError(400, 'BAD_ARGUMENTS', `at most ${LIMITS.fields} fields may be sent`),
+  LIMIT_FILE_COUNT: (_error, limits) => new AppError(400, 'BAD_ARGUMENTS', `at most ${limits.files} files may be sent`),
+  LIMIT_FIELD_KEY: (_error, limits) =>
+    new AppError(400, 'BAD_ARGUMENTS', `a field name is too long (at most ${limits.fieldNameSize} bytes)`),
+  LIMIT_FIELD_VALUE: (error, _limits, form) =>
+    form.tooLong?.(error.field ?? '') ?? badArgument(error.field ?? '', `${error.field} is too long`),
+  LIMIT_FIELD_COUNT: (_error, limits) =>
+    new AppError(400, 'BAD_ARGUMENTS', `at most ${limits.fields} fields may be sent`),
   LIMIT_UNEXPECTED_FILE: (error) => badArgument(error.field ?? '', `${error.field} is not a file of this endpoint`),
   MISSING_FIELD_NAME: () => new AppError(400, 'BAD_ARGUMENTS', 'a part has no field name'),
   LIMIT_FIELD_NESTING: (error) => badArgument(error.field ?? '', `${error.field} is not a field of this endpoint`),
@@ -56,13 +67,20 @@ const MULTER_ERRORS: Readonly<Record<string, (error: MulterError) => AppError>> 
  * once, where multer would first read the rest of a body that may never end; a file under a name the
  * endpoint does not take is refused at once too.
  */
-export function multipartUpload(): RequestHandler {
+export function multipartUpload(form: UploadForm): RequestHandler {
+  const fileNames: ReadonlySet<string> = new Set(form.files);
+  // One file more than the endpoint takes, so that a repeated file is refused by name, not by count.
+  const limits: Limits = {
+    ...FIELD_LIMITS,
+    files: form.files.length + 1,
+    parts: FIELD_LIMITS.fields + form.files.length + 1,
+  };
   return (req, res, next) => {
     let settled = false;
     const settle = (error?: unknown): void => {
       if (settled) return;
       settled = true;
-      next(error === undefined ? undefined : toAppError(error, req));
+      next(error === undefined ? undefined : toAppError(error, req, limits, form));
     };
     // multer reports its errors only once it has read the rest of the body; these are answered at once, and
     // the error handler then closes the connection instead of reading on.
@@ -74,12 +92,12 @@ export function multipartUpload(): RequestHandler {
     let received = 0;
     const upload = multer({
       storage: multer.memoryStorage(),
-      limits: LIMITS,
+      limits,
       fileFilter: (_req, file, accept) => {
-        if (FILE_NAMES.has(file.fieldname)) return accept(null, true);
+        if (fileNames.has(file.fieldname)) return accept(null, true);
         accept(null, false);
         refuseNow(
-          isParameterName(file.fieldname)
+          form.isTextField(file.fieldname)
             ? badArgument(file.fieldname, `${file.fieldname} must be sent as a text field`)
             : badArgument(file.fieldname, `${file.fieldname} is not a field of this endpoint`),
         );
@@ -97,9 +115,9 @@ export function multipartUpload(): RequestHandler {
   };
 }
 
-function toAppError(error: unknown, req: Request): AppError {
+function toAppError(error: unknown, req: Request, limits: Limits, form: UploadForm): AppError {
   if (error instanceof AppError) return error;
-  if (error instanceof MulterError) return MULTER_ERRORS[error.code]?.(error) ?? malformed();
+  if (error instanceof MulterError) return MULTER_ERRORS[error.code]?.(error, limits, form) ?? malformed();
   // The client went away mid-body: nobody is left to answer, but the log line says what happened.
   if (req.destroyed && !req.complete)
     return new AppError(400, 'BAD_ARGUMENTS', 'the client closed the connection before the body was complete');

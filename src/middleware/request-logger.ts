@@ -31,7 +31,7 @@ export function requestLogger(logger: Logger) {
 }
 
 function requestLine(req: Request, res: Response, latencyMs: number): Record<string, unknown> {
-  const { caller, error, issued } = contextOf(res);
+  const { caller, error, replayed } = contextOf(res);
   const { status, code, upstream } = outcomeOf(res);
   return {
     res: { statusCode: status },
@@ -41,7 +41,7 @@ function requestLine(req: Request, res: Response, latencyMs: number): Record<str
     user: caller?.id,
     code,
     ...(error?.param === undefined ? {} : { param: error.param }),
-    ...(issued?.replayed === true ? { idempotent_replay: true } : {}),
+    ...(replayed === true ? { idempotent_replay: true } : {}),
     ...(upstream === undefined ? {} : { upstream }),
   };
 }

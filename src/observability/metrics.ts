@@ -13,6 +13,8 @@ export interface Metrics {
   rateLimitRejections: Counter;
   idempotentReplays: Counter;
   httpInFlight: Gauge;
+  verdicts: Counter<'verdict' | 'reason'>;
+  webhookDeliveries: Counter<'outcome'>;
 }
 
 /** What the gauges read when Prometheus scrapes. */
@@ -20,11 +22,13 @@ export interface GaugeSources {
   gate: UpstreamGate;
   breaker: CircuitBreaker;
   uploadBudget: UploadMemoryBudget;
+  /** Pending webhooks; undefined while no webhook is configured. */
+  webhookBacklog: () => Promise<{ count: number; oldestAgeSeconds: number }> | undefined;
 }
 
 const BREAKER_STATE_VALUE: Record<BreakerState, number> = { closed: 0, 'half-open': 1, open: 2 };
 
-export function createMetrics({ gate, breaker, uploadBudget }: GaugeSources): Metrics {
+export function createMetrics({ gate, breaker, uploadBudget, webhookBacklog }: GaugeSources): Metrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   new Gauge({
@@ -59,8 +63,40 @@ export function createMetrics({ gate, breaker, uploadBudget }: GaugeSources): Me
       this.set(gate.load().queued);
     },
   });
+  // Both gauges from one read of the queue per scrape.
+  let backlog: Promise<{ count: number; oldestAgeSeconds: number }> | undefined;
+  new Gauge({
+    name: 'webhook_queue_depth',
+    help: 'Webhook deliveries pending (waiting, scheduled for a retry, or being attempted)',
+    registers: [registry],
+    async collect() {
+      backlog = webhookBacklog();
+      this.set((await backlog)?.count ?? 0);
+    },
+  });
+  new Gauge({
+    name: 'webhook_oldest_pending_seconds',
+    help: 'Age of the oldest pending webhook delivery',
+    registers: [registry],
+    async collect() {
+      const pending = await (backlog ?? webhookBacklog());
+      this.set(pending === undefined || pending.count === 0 ? 0 : pending.oldestAgeSeconds);
+    },
+  });
   return {
     registry,
+    verdicts: new Counter({
+      name: 'verifications_total',
+      help: 'Verdicts by verdict and reason (FaceID result messages, the policy reasons, or OTHER)',
+      labelNames: ['verdict', 'reason'],
+      registers: [registry],
+    }),
+    webhookDeliveries: new Counter({
+      name: 'webhook_deliveries_total',
+      help: 'Webhook delivery attempts by outcome: delivered, retrying (failed, another attempt scheduled), gave_up',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
     httpDuration: new Histogram({
       name: 'http_request_duration_seconds',
       help: 'Duration of HTTP requests',

@@ -5,7 +5,11 @@ import { ERROR_CATALOG, type ErrorCode } from '../errors/error-catalog';
 import { MAX_REQUEST_BYTES, PARAMETERS, type ParameterName } from '../faceid/parameters';
 import { MAX_IMAGE_SIDE } from '../images/inspect-image';
 import { BIZ_TOKENS_PATH } from '../routes/biz-tokens';
+import { VERIFICATIONS_PATH } from '../routes/verifications';
 import { isServerOwned } from '../token-request/validate-token-request';
+import { READ_SCOPE } from '../use-cases/read-verification';
+import { POLICY_REASONS, VERDICT_TABLE, VERDICTS } from '../verification/verdict';
+import { VERIFICATION_COMPLETED } from '../webhooks/verification-event';
 
 type Json = Record<string, unknown>;
 
@@ -58,11 +62,26 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
       },
     },
   });
-  const byStatus = new Map<number, ErrorCode[]>();
-  for (const [code, entry] of Object.entries(ERROR_CATALOG) as Array<[ErrorCode, (typeof ERROR_CATALOG)[ErrorCode]]>) {
-    if (code === 'NOT_FOUND') continue;
-    byStatus.set(entry.status, [...(byStatus.get(entry.status) ?? []), code]);
-  }
+  const problemResponses = (codes: readonly ErrorCode[], extraHeaders: (status: number) => Json = () => ({})): Json =>
+    Object.fromEntries(
+      [...groupByStatus(codes)].map(([status, grouped]) => {
+        const response = problemResponse(grouped);
+        const headers = {
+          ...(response.headers as Json),
+          ...(status === 429 || status === 503 ? { 'Retry-After': { $ref: '#/components/headers/Retry-After' } } : {}),
+          ...extraHeaders(status),
+        };
+        return [String(status), { ...response, headers }];
+      }),
+    );
+  const security = config.auth.mode === 'jwt' ? [{ bearer: [] }] : [];
+  const requestIdParameter = {
+    name: 'X-Request-Id',
+    in: 'header',
+    required: false,
+    description: 'Echoed back; generated when absent.',
+    schema: { type: 'string', pattern: '^[A-Za-z0-9._:-]{1,128}$' },
+  };
   const rateLimitHeaders = {
     RateLimit: { $ref: '#/components/headers/RateLimit' },
     'RateLimit-Policy': { $ref: '#/components/headers/RateLimit-Policy' },
@@ -81,7 +100,7 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
         post: {
           operationId: 'issueBizToken',
           summary: 'Get a biz_token for one liveness and comparison session',
-          security: config.auth.mode === 'jwt' ? [{ bearer: [] }] : [],
+          security,
           parameters: [
             {
               name: 'Idempotency-Key',
@@ -91,13 +110,7 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
                 "Same key and body from the same user within the token's lifetime: the same answer, no second FaceID call. A different body: 409.",
               schema: { type: 'string', minLength: 1, maxLength: 255, pattern: '^[\\x20-\\x7E]+$' },
             },
-            {
-              name: 'X-Request-Id',
-              in: 'header',
-              required: false,
-              description: 'Echoed back; generated when absent.',
-              schema: { type: 'string', pattern: '^[A-Za-z0-9._:-]{1,128}$' },
-            },
+            requestIdParameter,
           ],
           requestBody: {
             required: true,
@@ -126,19 +139,89 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
               },
               content: { 'application/json': { schema: { $ref: '#/components/schemas/BizToken' } } },
             },
-            ...Object.fromEntries(
-              [...byStatus].map(([status, codes]) => {
-                const response = problemResponse(codes);
-                if (status === 429 || status === 503) {
-                  response.headers = {
-                    ...(response.headers as Json),
-                    'Retry-After': { $ref: '#/components/headers/Retry-After' },
-                    ...rateLimitHeaders,
-                  };
-                }
-                return [String(status), response];
-              }),
-            ),
+            ...problemResponses(TOKEN_ERRORS, (status) => (status === 429 || status === 503 ? rateLimitHeaders : {})),
+          },
+        },
+      },
+      [VERIFICATIONS_PATH]: {
+        post: {
+          operationId: 'verifyBizToken',
+          summary: "Turn the SDK's meglive_data package into a verdict",
+          description: `The first verdict for a biz_token is stored: a later request with it answers the same (201, \`Idempotent-Replayed: true\`) without calling FaceID. The operator's backend gets the whole result by webhook (see \`webhooks\`) or by GET.\n\n${verdictTableMarkdown()}\n\n${VERDICT_POLICY}`,
+          security,
+          parameters: [requestIdParameter],
+          requestBody: {
+            required: true,
+            description: `multipart/form-data, at most ${MAX_REQUEST_BYTES} bytes in all.`,
+            content: {
+              'multipart/form-data': {
+                schema: {
+                  type: 'object',
+                  required: ['biz_token'],
+                  additionalProperties: false,
+                  properties: {
+                    biz_token: {
+                      type: 'string',
+                      description: 'A biz_token this service issued to the same user, within its hour.',
+                    },
+                    meglive_data: {
+                      type: 'string',
+                      contentMediaType: 'application/octet-stream',
+                      description:
+                        "The SDK's package, exactly as the SDK produced it. Required when the token was issued with liveness_type meglive or still; optional with raw_image.",
+                    },
+                  },
+                },
+              },
+            },
+          },
+          responses: {
+            '201': {
+              description: 'The verdict (or the stored one, replayed).',
+              headers: {
+                'X-Request-Id': { $ref: '#/components/headers/X-Request-Id' },
+                Location: { description: 'Where the verification can be read back.', schema: { type: 'string' } },
+                'Idempotent-Replayed': {
+                  description: '`true` when this biz_token was verified before and its verdict is replayed.',
+                  schema: { type: 'string', enum: ['true'] },
+                },
+              },
+              content: { 'application/json': { schema: { $ref: '#/components/schemas/Verdict' } } },
+            },
+            ...problemResponses(VERIFICATION_ERRORS),
+          },
+        },
+      },
+      [`${VERIFICATIONS_PATH}/{verification_id}`]: {
+        get: {
+          operationId: 'readVerification',
+          summary: 'Read a verification back',
+          description: `A caller whose JWT \`scope\` includes \`${READ_SCOPE}\` (the operator's backend) gets the whole result (the webhook's \`data\`, without the image); the user it belongs to gets the app's view; anyone else a 404. Kept for VERIFICATION_RETENTION_HOURS.`,
+          security,
+          parameters: [
+            {
+              name: 'verification_id',
+              in: 'path',
+              required: true,
+              schema: { type: 'string', pattern: '^vf_[0-9A-Z]{26}$' },
+            },
+            requestIdParameter,
+          ],
+          responses: {
+            '200': {
+              description: "The backend's view, or the owner's.",
+              content: {
+                'application/json': {
+                  schema: {
+                    oneOf: [
+                      { $ref: '#/components/schemas/VerificationData' },
+                      { $ref: '#/components/schemas/Verdict' },
+                    ],
+                  },
+                },
+              },
+            },
+            ...problemResponses(['UNAUTHENTICATED', 'NOT_FOUND', 'INTERNAL_ERROR']),
           },
         },
       },
@@ -179,6 +262,43 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
           responses: {
             '200': { description: 'OpenAPI 3.1', content: { 'application/json': { schema: { type: 'object' } } } },
           },
+        },
+      },
+    },
+    webhooks: {
+      [VERIFICATION_COMPLETED]: {
+        post: {
+          summary: "A verdict, POSTed to WEBHOOK_URL (the operator's backend)",
+          description:
+            'Signed as Standard Webhooks specifies: `webhook-signature` is `v1,` + base64 of HMAC-SHA256 over `<webhook-id>.<webhook-timestamp>.<body>`, keyed by the bytes of WEBHOOK_SECRET after `whsec_`. Delivered at least once: a 2xx within 10 s ends the delivery; otherwise it is retried with exponential back-off up to WEBHOOK_MAX_ATTEMPTS, with the same `webhook-id`.',
+          parameters: [
+            {
+              name: 'webhook-id',
+              in: 'header',
+              required: true,
+              schema: { type: 'string' },
+              description: 'Stable across the attempts of one event.',
+            },
+            {
+              name: 'webhook-timestamp',
+              in: 'header',
+              required: true,
+              schema: { type: 'string', pattern: '^\\d+$' },
+              description: 'Unix seconds of the attempt.',
+            },
+            {
+              name: 'webhook-signature',
+              in: 'header',
+              required: true,
+              schema: { type: 'string' },
+              description: 'Space-separated `v1,<base64>` signatures.',
+            },
+          ],
+          requestBody: {
+            required: true,
+            content: { 'application/json': { schema: { $ref: '#/components/schemas/VerificationEvent' } } },
+          },
+          responses: { '2XX': { description: 'Taken: the delivery ends.' } },
         },
       },
     },
@@ -227,6 +347,93 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
             expires_at: { type: 'string', format: 'date-time', description: 'One hour after issue.' },
           },
         },
+        Verdict: {
+          type: 'object',
+          required: ['verification_id', 'biz_token', 'verdict', 'reason', 'verified_at'],
+          additionalProperties: false,
+          properties: {
+            verification_id: { type: 'string', examples: ['vf_01JDQ6Z8V4W3M5N7P9R2T4X6Y8'] },
+            biz_token: { type: 'string' },
+            verdict: { type: 'string', enum: [...VERDICTS], description: verdictMeaning() },
+            reason: {
+              type: 'string',
+              description: `FaceID's result_message, or the service's own ${POLICY_REASONS.map((reason) => `\`${reason}\``).join(' / ')} where its policy decided.`,
+            },
+            verified_at: { type: 'string', format: 'date-time' },
+          },
+        },
+        VerificationData: {
+          type: 'object',
+          description: "The whole result, for the operator's backend.",
+          required: [
+            'verification_id',
+            'user',
+            'biz_token',
+            'biz_no',
+            'liveness_type',
+            'comparison_type',
+            'verdict',
+            'reason',
+            'result_code',
+            'result_message',
+            'faceid_request_id',
+            'verified_at',
+          ],
+          properties: {
+            verification_id: { type: 'string' },
+            user: { type: ['string', 'null'], description: 'The JWT `sub` of the user; null under AUTH_MODE=none.' },
+            biz_token: { type: 'string' },
+            biz_no: { type: 'string' },
+            liveness_type: { type: 'string' },
+            comparison_type: { type: 'string', enum: ['0', '1'] },
+            verdict: { type: 'string', enum: [...VERDICTS] },
+            reason: { type: 'string' },
+            result_code: { type: 'integer' },
+            result_message: { type: 'string' },
+            verification: {
+              type: 'object',
+              description: 'Only when FaceID sent it (verbose, 1000 and 2000 series).',
+              additionalProperties: { $ref: '#/components/schemas/Comparison' },
+            },
+            attack_result: {
+              type: 'object',
+              description: 'Only when FaceID sent it (not in the 4200 series).',
+              properties: { score: { type: 'number' }, threshold: { type: 'number' }, result: { type: 'boolean' } },
+            },
+            faceid_request_id: { type: ['string', 'null'] },
+            verified_at: { type: 'string', format: 'date-time' },
+          },
+        },
+        Comparison: {
+          type: 'object',
+          properties: {
+            confidence: { type: 'number' },
+            thresholds: { type: 'object', additionalProperties: { type: 'number' } },
+          },
+        },
+        VerificationEvent: {
+          type: 'object',
+          required: ['type', 'timestamp', 'data'],
+          properties: {
+            type: { type: 'string', enum: [VERIFICATION_COMPLETED] },
+            timestamp: { type: 'string', format: 'date-time' },
+            data: {
+              allOf: [
+                { $ref: '#/components/schemas/VerificationData' },
+                {
+                  type: 'object',
+                  properties: {
+                    image_best: {
+                      type: 'string',
+                      contentEncoding: 'base64',
+                      description: "FaceID's best live frame; only with WEBHOOK_INCLUDE_IMAGE=true.",
+                    },
+                  },
+                },
+              ],
+            },
+          },
+        },
         Problem: {
           type: 'object',
           description: 'RFC 9457 problem details.',
@@ -253,6 +460,51 @@ export function buildOpenApiDocument(config: Pick<Config, 'policy' | 'auth' | 'r
     },
   };
 }
+
+/** The codes each operation can answer; NOT_FOUND for unknown routes is a shared component. */
+const VERIFICATION_ONLY: readonly ErrorCode[] = [
+  'BIZ_TOKEN_NOT_FOUND',
+  'MEGLIVE_DATA_ERROR',
+  'MEGLIVE_DATA_BIZ_TOKEN_NOT_MATCH',
+];
+const TOKEN_ERRORS = (Object.keys(ERROR_CATALOG) as ErrorCode[]).filter(
+  (code) => code !== 'NOT_FOUND' && !VERIFICATION_ONLY.includes(code),
+);
+const VERIFICATION_ERRORS: readonly ErrorCode[] = [
+  'MISSING_ARGUMENTS',
+  'BAD_ARGUMENTS',
+  ...VERIFICATION_ONLY,
+  'UNAUTHENTICATED',
+  'PAYLOAD_TOO_LARGE',
+  'UNSUPPORTED_MEDIA_TYPE',
+  'RETRY_LIMIT_REACHED',
+  'INTERNAL_ERROR',
+  'UPSTREAM_REJECTED',
+  'UPSTREAM_ERROR',
+  'UPSTREAM_BUSY',
+  'UPSTREAM_TIMEOUT',
+];
+
+function groupByStatus(codes: readonly ErrorCode[]): Map<number, ErrorCode[]> {
+  const byStatus = new Map<number, ErrorCode[]>();
+  for (const code of codes) {
+    const { status } = ERROR_CATALOG[code];
+    byStatus.set(status, [...(byStatus.get(status) ?? []), code]);
+  }
+  return byStatus;
+}
+
+/** The verdict table as Markdown, from the table the service decides with (the README holds the same rows). */
+export function verdictTableMarkdown(): string {
+  const rows = VERDICT_TABLE.map((rule) => `| ${rule.faceid} | \`${rule.verdict}\` |`);
+  return ["| FaceID's result | verdict |", '|---|---|', ...rows].join('\n');
+}
+
+const VERDICT_POLICY =
+  "Policy (the operator's configuration): a result that would pass but whose `attack_result` says attack (`result` true, or `score >= threshold`) is `failed`, reason `ATTACK_SUSPECTED`; with POLICY_FORCE_COMPARE=1 a passing result without `attack_result` is too. With POLICY_FALSE_ACCEPT_RATE set, a passing result is `failed`, reason `BELOW_CONFIDENCE_THRESHOLD`, unless every comparison present reaches the threshold at that rate (no comparison at all fails too).";
+
+const verdictMeaning = (): string =>
+  '`passed`: the user is verified. `failed`: not verified (not the same person, a suspected attack, bad identity data). `retry`: nothing was decided (the capture or the data source failed); start again with a new biz_token.';
 
 function appliesTo(rule: (typeof PARAMETERS)[ParameterName]): string {
   const parts: string[] = [];

@@ -7,13 +7,14 @@ import type { UploadMemoryBudget } from '../limits/upload-memory-budget';
 import type { UserRateLimiter } from '../limits/user-rate-limiter';
 import { authenticate } from '../middleware/authenticate';
 import { countTokenOutcomes } from '../middleware/count-token-outcomes';
+import { countUpstreamResults } from '../middleware/count-upstream-results';
 import { idempotencyKey } from '../middleware/idempotency-key';
-import { formOf, multipartUpload } from '../middleware/multipart-upload';
+import { formOf, multipartUpload, TOKEN_FORM } from '../middleware/multipart-upload';
 import { noteHttpParserRefusal } from '../middleware/note-http-parser-refusal';
 import { announceRateLimitPolicy, spendRateLimit } from '../middleware/rate-limit';
 import { uploadGate } from '../middleware/upload-gate';
 import type { Metrics } from '../observability/metrics';
-import { type IssueBizTokenDeps, issueBizToken } from '../use-cases/issue-biz-token';
+import { type IssueBizTokenDeps, type IssuedToken, issueBizToken } from '../use-cases/issue-biz-token';
 
 export const BIZ_TOKENS_PATH = '/v1/biz-tokens';
 
@@ -35,13 +36,14 @@ export function bizTokensRouter(deps: BizTokensRouterDeps): Router {
   router.post(
     BIZ_TOKENS_PATH,
     countTokenOutcomes(deps.metrics),
+    countUpstreamResults(deps.metrics),
     noteHttpParserRefusal,
     announceRateLimitPolicy(deps.rateLimiter),
     authenticate(deps.authenticateCaller),
     spendRateLimit(deps.rateLimiter),
     idempotencyKey(deps.useCase.idempotency),
     uploadGate(deps.uploadBudget),
-    multipartUpload(),
+    multipartUpload(TOKEN_FORM),
     async (req: Request, res: Response) => {
       const context = contextOf(res);
       const caller = callerOf(res);
@@ -51,15 +53,17 @@ export function bizTokensRouter(deps: BizTokensRouterDeps): Router {
         idempotencyKey: context.idempotencyKey,
         completedBefore: context.completedBefore,
       };
+      let issued: IssuedToken;
       try {
-        context.issued = await issueBizToken(input, deps.useCase, req.log);
+        issued = await issueBizToken(input, deps.useCase, req.log);
       } catch (error) {
         if (error instanceof AppError && error.logContext?.idempotentReplay === true)
           markReplay(res, deps, caller, req.log);
         throw error;
       }
-      if (context.issued.replayed) markReplay(res, deps, caller, req.log);
-      res.status(201).json(context.issued.body);
+      if (issued.upstream !== undefined) context.upstream = { ...issued.upstream };
+      if (issued.replayed) markReplay(res, deps, caller, req.log);
+      res.status(201).json(issued.body);
     },
   );
   return router;
@@ -71,6 +75,7 @@ export function bizTokensRouter(deps: BizTokensRouterDeps): Router {
  */
 function markReplay(res: Response, deps: BizTokensRouterDeps, caller: Caller, log: Logger): void {
   res.setHeader('Idempotent-Replayed', 'true');
+  contextOf(res).replayed = true;
   deps.metrics.idempotentReplays.inc();
   deps.rateLimiter
     .refund(caller.id)

@@ -13,6 +13,11 @@ const sandboxEnvSchema = z.object({
     .default('sandbox-api-secret')
     .describe('The api_secret the sandbox checks signs with.'),
   SANDBOX_LATENCY_MS: z.coerce.number().int().min(0).max(120_000).default(0).describe('Delay added to every answer.'),
+  SANDBOX_WEBHOOK_SECRET: z
+    .string()
+    .regex(/^whsec_[A-Za-z0-9+/]+={0,2}$/, 'must be whsec_ followed by base64')
+    .optional()
+    .describe("The service's WEBHOOK_SECRET: the webhook sink then checks each delivery's signature."),
   LOG_LEVEL: z.enum(LOG_LEVELS).default('info'),
 });
 
@@ -34,8 +39,12 @@ async function main(): Promise<void> {
     host: env.SANDBOX_HOST,
     latencyMs: env.SANDBOX_LATENCY_MS,
     log,
+    webhookSecret: env.SANDBOX_WEBHOOK_SECRET,
   });
-  log.warn({ url: sandbox.url }, 'FaceID SANDBOX listening: it issues fake biz_tokens that no FaceID SDK accepts');
+  log.warn(
+    { url: sandbox.url, webhooks: `${sandbox.url}/sandbox/webhooks` },
+    'FaceID SANDBOX listening: it issues fake biz_tokens that no FaceID SDK accepts',
+  );
   const stop = (): void => {
     sandbox.close().then(
       () => process.exit(0),

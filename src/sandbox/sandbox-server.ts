@@ -1,7 +1,5 @@
-import { randomUUID } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import busboy from 'busboy';
 import type { Logger } from 'pino';
 import { GET_BIZ_TOKEN_PATH } from '../faceid/faceid-client';
 import {
@@ -18,11 +16,43 @@ import {
 import { decodeSign, SIGN_VERSION } from '../faceid/sign';
 import { inspectImage } from '../images/inspect-image';
 import type { MultipartForm } from '../token-request/multipart-form';
+import { IssuedTokens, type NewIssuedToken } from './issued-tokens';
+import { encodeMeglivePackage, type MegliveContent, packageKey } from './meglive-package';
+import {
+  type Answer,
+  announcedOver,
+  faceIdError,
+  type Judgement,
+  parseForm,
+  readBody,
+  readJson,
+  requestId,
+  send,
+  sendBytes,
+  shapeProblem,
+  tooLarge,
+} from './sandbox-http';
+import {
+  judgeVerify,
+  MEGLIVE_DATA_MAX_BYTES,
+  MEGLIVE_DATA_PATH,
+  megliveDataContent,
+  VERIFY_PATH,
+  verifyShapeProblem,
+} from './sandbox-verify';
 import { parseBizNoScenario, parseScenarioBody, type SandboxOutcome, type Scenario } from './scenario';
+import { createWebhookSink, WEBHOOKS_PATH, WEBHOOKS_STATUS_PATH, type WebhookDelivery } from './webhook-sink';
+
+// What the service's tests need besides startSandbox, importable from this one module.
+export type { MegliveContent } from './meglive-package';
+export { MEGLIVE_DATA_PATH, VERIFY_PATH } from './sandbox-verify';
+export { VERIFY_OUTCOMES, VERIFY_RESULTS, type VerifyOutcome } from './verify-results';
+export type { WebhookDelivery } from './webhook-sink';
 
 /**
- * A stand-in for FaceID's App-GetBizToken that checks what FaceID checks and answers in FaceID's formats.
- * @see ../shared/seed/App-GetBizToken.md
+ * A stand-in for FaceID's App-GetBizToken and App-Verify that checks what FaceID checks and answers in
+ * FaceID's formats, plus a webhook sink for the service's verdicts.
+ * @see ../shared/seed/App-GetBizToken.md, ../shared/seed/App-Verify.md
  */
 export interface SandboxOptions {
   apiKey: string;
@@ -32,6 +62,8 @@ export interface SandboxOptions {
   /** Added to every answer unless a scenario says otherwise. */
   latencyMs: number;
   log: Logger;
+  /** `whsec_` + base64: with it, each webhook delivery the sink records says whether its signature holds. */
+  webhookSecret?: string | undefined;
 }
 
 /** What the sandbox received: for tests that check exactly what went upstream. */
@@ -42,10 +74,24 @@ export interface ReceivedRequest {
 
 export interface Sandbox {
   url: string;
-  /** The last requests received (at most 200), oldest first. */
+  /** The last get_biz_token requests received (at most 200), oldest first. */
   received: ReceivedRequest[];
+  /** The last verify requests received (at most 200), oldest first. */
+  receivedVerifications: ReceivedRequest[];
   /** TCP connections accepted since start. */
   connectionCount: () => number;
+  /** Verify requests received since start (parsed ones, whatever their answer). */
+  verifyCount: () => number;
+  /**
+   * A package that the sandbox's verify accepts for this biz_token, made in-process. Unlike
+   * `POST /sandbox/meglive-data` it does not check that the token was issued, so tests can make any.
+   */
+  megliveData: (content: MegliveContent) => Buffer;
+  /** The webhook deliveries kept (at most 100), oldest first. */
+  webhooks: () => WebhookDelivery[];
+  clearWebhooks: () => void;
+  /** The status the webhook sink answers to the next `times` deliveries (all when undefined); 204 resets. */
+  setWebhookStatus: (status: number, times?: number) => void;
   setScenario: (scenario: Scenario | undefined) => void;
   close: () => Promise<void>;
 }
@@ -55,16 +101,7 @@ const MAX_BODY_BYTES = 20 * 1024 * 1024;
 const SIGN_CLOCK_SKEW_SECONDS = 60;
 const RECEIVED_KEPT = 200;
 
-interface Answer {
-  status: number;
-  body: Record<string, unknown>;
-}
-
-const faceIdError = (status: number, error: string): Answer => ({
-  status,
-  body: { error, request_id: requestId(), time_used: 1 },
-});
-const requestId = (): string => `${Math.floor(Date.now() / 1000)},${randomUUID()}`;
+type Handler = (req: IncomingMessage, res: ServerResponse) => Promise<void> | void;
 
 /** The answer FaceID gives for each outcome a scenario can ask for; DROP and HANG are handled apart. */
 const OUTCOME_ANSWERS: Record<Exclude<SandboxOutcome, 'DROP' | 'HANG' | 'NOT_JSON'>, (firstImage: string) => Answer> = {
@@ -83,15 +120,47 @@ const OUTCOME_ANSWERS: Record<Exclude<SandboxOutcome, 'DROP' | 'HANG' | 'NOT_JSO
 
 export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
   const received: ReceivedRequest[] = [];
+  const receivedVerifications: ReceivedRequest[] = [];
   /** All token requests since start; `received` keeps only the last ones. */
   let requestCount = 0;
+  let verifyRequests = 0;
   const singleUseSigns = new Map<string, number>();
   /** Per-biz_no count of scenario answers already given, for `OUTCOME*N`. */
   const bizNoHits = new Map<string, number>();
+  const tokens = new IssuedTokens();
+  const megliveKey = packageKey(options.apiSecret);
+  const sink = createWebhookSink(options.webhookSecret);
   let globalScenario: Scenario | undefined;
   let globalHits = 0;
   let connections = 0;
   const sockets = new Set<Socket>();
+
+  const routes = new Map<string, Handler>([
+    [`POST ${GET_BIZ_TOKEN_PATH}`, getBizToken],
+    [`POST ${VERIFY_PATH}`, verify],
+    [`POST ${MEGLIVE_DATA_PATH}`, megliveData],
+    ['PUT /sandbox/scenario', putScenario],
+    [
+      'DELETE /sandbox/scenario',
+      (_req, res) => {
+        globalScenario = undefined;
+        send(res, { status: 200, body: { scenario: null } });
+      },
+    ],
+    [
+      'GET /sandbox/stats',
+      (_req, res) =>
+        send(res, {
+          status: 200,
+          body: { connections, requests: requestCount, verifications: verifyRequests },
+        }),
+    ],
+    [`POST ${WEBHOOKS_PATH}`, sink.receive],
+    [`GET ${WEBHOOKS_PATH}`, sink.list],
+    [`DELETE ${WEBHOOKS_PATH}`, sink.clear],
+    [`PUT ${WEBHOOKS_STATUS_PATH}`, sink.putStatus],
+    ['GET /healthz', (_req, res) => send(res, { status: 200, body: { status: 'ok' } })],
+  ]);
 
   const server = http.createServer((req, res) => {
     route(req, res).catch((error: unknown) => {
@@ -107,48 +176,94 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
 
   async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0];
-    if (req.method === 'POST' && path === GET_BIZ_TOKEN_PATH) return getBizToken(req, res);
-    if (path === '/sandbox/scenario' && req.method === 'PUT') {
-      const scenario = parseScenarioBody(await readJson(req));
-      if (scenario === undefined) return send(res, { status: 400, body: { error: 'BAD_ARGUMENTS: scenario' } });
-      globalScenario = scenario;
-      globalHits = 0;
-      return send(res, { status: 200, body: { scenario } });
-    }
-    if (path === '/sandbox/scenario' && req.method === 'DELETE') {
-      globalScenario = undefined;
-      return send(res, { status: 200, body: { scenario: null } });
-    }
-    if (path === '/sandbox/stats' && req.method === 'GET') {
-      return send(res, { status: 200, body: { connections, requests: requestCount } });
-    }
-    if (path === '/healthz' && req.method === 'GET') return send(res, { status: 200, body: { status: 'ok' } });
-    return send(res, faceIdError(404, 'API_NOT_FOUND'));
+    const handler = routes.get(`${req.method} ${path}`);
+    if (handler === undefined) return send(res, faceIdError(404, 'API_NOT_FOUND'));
+    return handler(req, res);
+  }
+
+  async function putScenario(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const scenario = parseScenarioBody(await readJson(req));
+    if (scenario === undefined) return send(res, { status: 400, body: { error: 'BAD_ARGUMENTS: scenario' } });
+    globalScenario = scenario;
+    globalHits = 0;
+    return send(res, { status: 200, body: { scenario } });
+  }
+
+  /** Parses a FaceID API's form (20 MB, FaceID's 413), or answers for it; undefined when answered. */
+  async function faceIdForm(req: IncomingMessage, res: ServerResponse): Promise<MultipartForm | undefined> {
+    if (announcedOver(req, MAX_BODY_BYTES)) return void tooLarge(res);
+    const parsed = await parseForm(req, MAX_BODY_BYTES);
+    if (parsed === 'too-large') return void tooLarge(res);
+    if (parsed === 'malformed') return void send(res, faceIdError(400, 'BAD_ARGUMENTS: body'));
+    return parsed;
   }
 
   async function getBizToken(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    if (Number(req.headers['content-length'] ?? 0) > MAX_BODY_BYTES) return tooLarge(res);
-    const parsed = await parseForm(req);
-    if (parsed === 'too-large') return tooLarge(res);
-    if (parsed === 'malformed') return send(res, faceIdError(400, 'BAD_ARGUMENTS: body'));
+    const parsed = await faceIdForm(req, res);
+    if (parsed === undefined) return;
     requestCount += 1;
-    received.push({
-      fields: Object.fromEntries(parsed.fields),
-      files: Object.fromEntries([...parsed.files].map(([name, files]) => [name, files.map((file) => file.length)])),
-    });
-    if (received.length > RECEIVED_KEPT) received.shift();
+    keep(received, parsed);
 
     const problem = checkSign(parsed) ?? checkParameters(parsed);
     const scenario = pickScenario(parsed.fields.get('biz_no')?.[0]);
+    const firstImage = FILE_PARAMETERS.find((name) => parsed.files.has(name)) ?? 'image_ref1';
+    const issue = (): Answer => {
+      const bizToken = requestId();
+      tokens.remember(bizToken, issuedToken(parsed));
+      return { status: 200, body: { biz_token: bizToken, time_used: 18, request_id: requestId() } };
+    };
+    return answer(req, res, scenario, () => (problem === undefined ? { success: issue } : { problem }), firstImage);
+  }
+
+  /** @see ../shared/seed/App-Verify.md */
+  async function verify(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const startedAt = Date.now();
+    const parsed = await faceIdForm(req, res);
+    if (parsed === undefined) return;
+    verifyRequests += 1;
+    keep(receivedVerifications, parsed);
+
+    const problem = checkSign(parsed) ?? verifyShapeProblem(parsed);
+    // The magic biz_no scenarios stay get_biz_token's: only the global one applies here.
+    const scenario = pickScenario(undefined);
+    const judge = (): Judgement =>
+      problem === undefined ? judgeVerify(parsed, tokens, megliveKey, startedAt) : { problem };
+    // Verify takes no image of its own: an image outcome (NO_FACE_FOUND) names the first reference photo.
+    return answer(req, res, scenario, judge, 'image_ref1');
+  }
+
+  async function megliveData(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = await readBody(req, MEGLIVE_DATA_MAX_BYTES);
+    if (body === 'too-large') return send(res, { status: 413, body: { error: 'Request Entity Too Large' } });
+    const parsed = body === 'malformed' ? body : await parseForm(req, MEGLIVE_DATA_MAX_BYTES, body);
+    if (typeof parsed === 'string') return send(res, { status: 400, body: { error: 'BAD_ARGUMENTS: body' } });
+    const result = megliveDataContent(parsed, tokens);
+    if ('problem' in result) return send(res, result.problem);
+    return sendBytes(res, encodeMeglivePackage(result.content, megliveKey), 'meglive_data.bin');
+  }
+
+  /**
+   * What both FaceID APIs share once a request is parsed: the latency, then the request's own problem, then
+   * the scenario's outcome, then the answer. `judge` runs after the latency, so that what it checks (a
+   * token not yet verified) still holds when the answer goes out.
+   */
+  async function answer(
+    req: IncomingMessage,
+    res: ServerResponse,
+    scenario: Scenario | undefined,
+    judge: () => Judgement,
+    firstImage: string,
+  ): Promise<void> {
     const latencyMs = scenario?.latencyMs || options.latencyMs;
     // unref: a delayed answer must not keep a closed sandbox's process alive.
     if (latencyMs > 0) await new Promise((resolve) => setTimeout(resolve, latencyMs).unref());
-    if (problem !== undefined) return send(res, problem);
+    const judged = judge();
+    if ('problem' in judged) return send(res, judged.problem);
     const outcome = scenario?.outcome;
     switch (outcome) {
       case undefined:
         if (scenario?.error !== undefined) return send(res, faceIdError(400, scenario.error));
-        return send(res, { status: 200, body: { biz_token: requestId(), time_used: 18, request_id: requestId() } });
+        return send(res, judged.success());
       case 'DROP':
         req.socket.destroy();
         return;
@@ -158,10 +273,8 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
         res.writeHead(502, { 'Content-Type': 'text/html' });
         res.end('<html><body>Bad Gateway</body></html>');
         return;
-      default: {
-        const firstImage = FILE_PARAMETERS.find((name) => parsed.files.has(name)) ?? 'image_ref1';
+      default:
         return send(res, OUTCOME_ANSWERS[outcome](firstImage));
-      }
     }
   }
 
@@ -216,7 +329,13 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
   return {
     url: `http://${hostForUrl === '0.0.0.0' ? '127.0.0.1' : hostForUrl}:${address.port}`,
     received,
+    receivedVerifications,
     connectionCount: () => connections,
+    verifyCount: () => verifyRequests,
+    megliveData: (content) => encodeMeglivePackage(content, megliveKey),
+    webhooks: sink.deliveries,
+    clearWebhooks: sink.clearDeliveries,
+    setWebhookStatus: sink.setStatus,
     setScenario: (scenario) => {
       globalScenario = scenario;
       globalHits = 0;
@@ -229,12 +348,31 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
   };
 }
 
+/** What tests see of a request: its fields, and its files by size. */
+function keep(list: ReceivedRequest[], form: MultipartForm): void {
+  list.push({
+    fields: Object.fromEntries(form.fields),
+    files: Object.fromEntries([...form.files].map(([name, files]) => [name, files.map((file) => file.length)])),
+  });
+  if (list.length > RECEIVED_KEPT) list.shift();
+}
+
+/** What verify will need of a token that get_biz_token issues for this (already checked) form. */
+function issuedToken(form: MultipartForm): NewIssuedToken {
+  return {
+    livenessType: form.fields.get('liveness_type')?.[0] as LivenessType,
+    comparisonType: form.fields.get('comparison_type')?.[0] as ComparisonType,
+    bizNo: form.fields.get('biz_no')?.[0] ?? '',
+    verbose: form.fields.get('verbose')?.[0] === '1',
+    imageRef1: form.files.has('image_ref1'),
+    imageRef2: form.files.has('image_ref2'),
+  };
+}
+
 /** The seed's parameter rules, answered as FaceID answers them. */
 function checkParameters(form: MultipartForm): Answer | undefined {
-  for (const [name, values] of [...form.fields, ...form.files] as Array<[string, unknown[]]>) {
-    if (!isParameterName(name) || values.length > 1) return faceIdError(400, `BAD_ARGUMENTS: ${name}`);
-    if ((PARAMETERS[name].kind === 'file') !== form.files.has(name)) return faceIdError(400, `BAD_ARGUMENTS: ${name}`);
-  }
+  const shape = shapeProblem(form, (name) => (isParameterName(name) ? PARAMETERS[name].kind : undefined));
+  if (shape !== undefined) return faceIdError(400, shape);
   const comparison = form.fields.get('comparison_type')?.[0];
   const liveness = form.fields.get('liveness_type')?.[0];
   for (const name of ['liveness_type', 'comparison_type'] as const) {
@@ -266,75 +404,4 @@ function checkParameters(form: MultipartForm): Answer | undefined {
     if (!inspection.ok) return faceIdError(400, `IMAGE_ERROR_UNSUPPORTED_FORMAT:${name}`);
   }
   return undefined;
-}
-
-function parseForm(req: IncomingMessage): Promise<MultipartForm | 'too-large' | 'malformed'> {
-  return new Promise((resolve) => {
-    const fields = new Map<string, string[]>();
-    const files = new Map<string, Buffer[]>();
-    let totalBytes = 0;
-    let settled = false;
-    const finish = (result: MultipartForm | 'too-large' | 'malformed'): void => {
-      if (settled) return;
-      settled = true;
-      if (typeof result === 'string') {
-        req.unpipe();
-        req.resume();
-      }
-      resolve(result);
-    };
-    let parser: busboy.Busboy;
-    try {
-      parser = busboy({
-        headers: req.headers,
-        limits: { fileSize: MAX_BODY_BYTES, fields: 100, files: 10, fieldSize: 64 * 1024 },
-      });
-    } catch {
-      finish('malformed');
-      req.resume();
-      return;
-    }
-    req.on('data', (chunk: Buffer) => {
-      totalBytes += chunk.length;
-      if (totalBytes > MAX_BODY_BYTES) finish('too-large');
-    });
-    parser.on('field', (name, value) => fields.set(name, [...(fields.get(name) ?? []), value]));
-    parser.on('file', (name, stream) => {
-      const chunks: Buffer[] = [];
-      stream.on('data', (chunk: Buffer) => chunks.push(chunk));
-      stream.on('limit', () => finish('too-large'));
-      stream.on('end', () => files.set(name, [...(files.get(name) ?? []), Buffer.concat(chunks)]));
-    });
-    parser.on('close', () => finish({ fields, files }));
-    parser.on('error', () => finish('malformed'));
-    req.on('error', () => finish('malformed'));
-    req.pipe(parser);
-  });
-}
-
-function tooLarge(res: ServerResponse): void {
-  // FaceID's 413 is plain text, not JSON. @see ../shared/seed/App-GetBizToken.md
-  res.writeHead(413, { 'Content-Type': 'text/plain', Connection: 'close' });
-  res.end('Request Entity Too Large');
-}
-
-function send(res: ServerResponse, answer: Answer): void {
-  const body = JSON.stringify(answer.body);
-  res.writeHead(answer.status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
-  res.end(body);
-}
-
-async function readJson(req: IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > 4096) return undefined;
-    chunks.push(chunk as Buffer);
-  }
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
-  } catch {
-    return undefined;
-  }
 }

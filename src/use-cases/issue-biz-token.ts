@@ -5,6 +5,7 @@ import type { Config } from '../config/load-config';
 import { AppError, type ErrorCode } from '../errors/app-error';
 import type { UpstreamToken, UpstreamTokenRequest } from '../faceid/faceid-client';
 import type { ParameterName } from '../faceid/parameters';
+import { claimRecord, type HeldClaim } from '../idempotency/claim-record';
 import type { CompletedRecord, IdempotencyStore, StoredResponse } from '../idempotency/idempotency-store';
 import { idempotencyRecordKey } from '../idempotency/record-key';
 import type { CircuitBreaker } from '../limits/circuit-breaker';
@@ -16,10 +17,10 @@ import {
   type ValidationPolicy,
   validateTokenRequest,
 } from '../token-request/validate-token-request';
+import type { BizTokenRegistry } from '../verification/biz-token-registry';
 
 /** A biz_token is single-use and valid for one hour. @see ../shared/seed/App-GetBizToken.md (返回值说明) */
-const BIZ_TOKEN_LIFETIME_MS = 60 * 60 * 1000;
-const IDEMPOTENCY_POLL_MS = 50;
+export const BIZ_TOKEN_LIFETIME_MS = 60 * 60 * 1000;
 
 export interface FaceIdGateway {
   getBizToken(request: UpstreamTokenRequest, log: Logger): Promise<UpstreamToken>;
@@ -35,6 +36,8 @@ export interface IssueBizTokenDeps {
   validation: ValidationPolicy;
   /** How long a second request with the same key waits for the first one's response. */
   idempotencyWaitMs: number;
+  /** Every issued token is remembered, so that only its own user can verify it. */
+  tokens: BizTokenRegistry;
 }
 
 export interface IssueBizTokenInput {
@@ -91,6 +94,14 @@ export async function issueBizToken(
   }
   const expiresAt = new Date(startedAt + BIZ_TOKEN_LIFETIME_MS);
   const body = { biz_token: upstream.bizToken, expires_at: expiresAt.toISOString() };
+  await deps.tokens.remember(upstream.bizToken, {
+    ownerId: input.caller.id,
+    subject: input.caller.subject,
+    livenessType: request.livenessType,
+    comparisonType: request.comparisonType,
+    bizNo: request.fields.find(([name]) => name === 'biz_no')?.[1] ?? '',
+    expiresAt: body.expires_at,
+  });
   if (claim !== undefined) {
     // The token is issued and paid for: failing to keep it for replays must not cost the caller the token.
     await deps.idempotency
@@ -101,44 +112,23 @@ export async function issueBizToken(
   return { body, replayed: false, upstream: facts };
 }
 
-interface HeldClaim {
-  kind: 'claimed';
-  key: string;
-  owner: string;
-  fingerprint: string;
-}
-
-async function claimKey(
+function claimKey(
   input: IssueBizTokenInput,
   deps: IssueBizTokenDeps,
 ): Promise<HeldClaim | { kind: 'replay'; response: StoredResponse }> {
-  const key = recordKey(input);
-  const fingerprint = fingerprintOf(input.form);
-  const giveUpAt = Date.now() + deps.idempotencyWaitMs;
-  for (;;) {
-    const result = await deps.idempotency.claim(key, fingerprint, deps.idempotencyWaitMs);
-    switch (result.kind) {
-      case 'claimed':
-        return { kind: 'claimed', key, owner: result.owner, fingerprint };
-      case 'replay':
-        return result;
-      case 'mismatch':
-        throw keyReused();
-      case 'in-progress':
-        if (Date.now() >= giveUpAt) {
-          throw new AppError(
-            409,
-            'IDEMPOTENCY_KEY_REUSED',
-            'a request with this Idempotency-Key is still being answered; retry later',
-            {
-              param: 'Idempotency-Key',
-              retryAfterSeconds: 1,
-            },
-          );
-        }
-        await new Promise((resolve) => setTimeout(resolve, IDEMPOTENCY_POLL_MS));
-    }
-  }
+  return claimRecord(deps.idempotency, recordKey(input), fingerprintOf(input.form), deps.idempotencyWaitMs, {
+    mismatch: keyReused,
+    stillInProgress: () =>
+      new AppError(
+        409,
+        'IDEMPOTENCY_KEY_REUSED',
+        'a request with this Idempotency-Key is still being answered; retry later',
+        {
+          param: 'Idempotency-Key',
+          retryAfterSeconds: 1,
+        },
+      ),
+  });
 }
 
 const recordKey = (input: IssueBizTokenInput): string =>
@@ -203,5 +193,7 @@ function toUpstream(request: TokenRequest, caller: Caller, policy: Config['polic
   ];
   // The seed asks for uuid with comparison_type 0 only. @see ../shared/seed/App-GetBizToken.md (uuid)
   if (request.comparisonType === '0' && caller.uuid !== undefined) serviceFields.push(['uuid', caller.uuid]);
+  // The verdict's confidence rule needs FaceID's comparisons, sent only with verbose. @see CONTRACT section 7.2
+  if (policy.falseAcceptRate !== undefined) serviceFields.push(['verbose', '1']);
   return { clientFields: request.fields, serviceFields, images: request.images };
 }
