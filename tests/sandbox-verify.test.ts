@@ -1,13 +1,13 @@
 import { randomBytes } from 'node:crypto';
-import http from 'node:http';
-import pino from 'pino';
 import { Webhook } from 'standardwebhooks';
+import { BIZ_TOKEN_LIFETIME_MS } from '../src/faceid/parameters';
 import { freshSign } from '../src/faceid/sign';
 import { inspectImage } from '../src/images/inspect-image';
-import { BIZ_TOKEN_LIFETIME_MS, IssuedTokens, type NewIssuedToken } from '../src/sandbox/issued-tokens';
+import { IssuedTokens, type NewIssuedToken } from '../src/sandbox/issued-tokens';
 import { decodeMeglivePackage, encodeMeglivePackage, packageKey } from '../src/sandbox/meglive-package';
-import { type Sandbox, startSandbox, VERIFY_PATH } from '../src/sandbox/sandbox-server';
+import { type Sandbox, VERIFY_PATH } from '../src/sandbox/sandbox-server';
 import { jpeg } from './fixtures/images';
+import { announceUpload } from './helpers/raw-request';
 import { SANDBOX_KEY, SANDBOX_SECRET, startTestSandbox } from './helpers/test-service';
 
 /**
@@ -366,8 +366,13 @@ describe('the sandbox verify: what it refuses', () => {
   });
 
   test('when Content-Length announces more than 20 MB, then it answers 413 text/plain "Request Entity Too Large"', async () => {
-    const answer = await announce(VERIFY_PATH, 20 * 1024 * 1024 + 1);
-    expect(answer).toEqual({ status: 413, contentType: 'text/plain', text: 'Request Entity Too Large' });
+    const port = Number(new URL(sandbox.url).port);
+    const answer = await announceUpload(port, {}, 20 * 1024 * 1024 + 1, '--x\r\n', VERIFY_PATH);
+    expect({ status: answer.status, contentType: answer.headers['content-type'], text: answer.text }).toEqual({
+      status: 413,
+      contentType: 'text/plain',
+      text: 'Request Entity Too Large',
+    });
   });
 });
 
@@ -493,15 +498,7 @@ describe('the sandbox webhook sink', () => {
   const secret = `whsec_${randomBytes(24).toString('base64')}`;
   let signed: Sandbox;
   beforeAll(async () => {
-    signed = await startSandbox({
-      apiKey: SANDBOX_KEY,
-      apiSecret: SANDBOX_SECRET,
-      port: 0,
-      host: '127.0.0.1',
-      latencyMs: 0,
-      log: pino({ level: 'silent' }),
-      webhookSecret: secret,
-    });
+    signed = await startTestSandbox(0, secret);
   });
   afterAll(() => signed.close());
 
@@ -674,32 +671,3 @@ describe('the issued-token memory', () => {
     expect(tokens.find('c')).toMatchObject({ verified: false, livenessType: 'meglive' });
   });
 });
-
-/** A POST that announces `bytes` of body and sends none: only an answer from the headers alone can come. */
-function announce(path: string, bytes: number): Promise<{ status: number; contentType: string; text: string }> {
-  return new Promise((resolve, reject) => {
-    const url = new URL(`${sandbox.url}${path}`);
-    const request = http.request({
-      host: url.hostname,
-      port: url.port,
-      path,
-      method: 'POST',
-      agent: false,
-      headers: { 'Content-Type': 'multipart/form-data; boundary=xyz', 'Content-Length': String(bytes) },
-    });
-    request.on('response', (response) => {
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => {
-        request.destroy();
-        resolve({
-          status: response.statusCode ?? 0,
-          contentType: String(response.headers['content-type'] ?? ''),
-          text: Buffer.concat(chunks).toString('utf8'),
-        });
-      });
-    });
-    request.on('error', (error) => (request.destroyed ? undefined : reject(error)));
-    request.write('--xyz\r\n');
-  });
-}

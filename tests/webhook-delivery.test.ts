@@ -2,20 +2,18 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import http, { type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
-import pino from 'pino';
 import { ConfigError, loadConfig } from '../src/config/load-config';
-import { type Sandbox, startSandbox, type WebhookDelivery } from '../src/sandbox/sandbox-server';
+import type { Sandbox, WebhookDelivery } from '../src/sandbox/sandbox-server';
 import {
   cleanupAfter,
-  SANDBOX_KEY,
-  SANDBOX_SECRET,
+  startTestSandbox,
   startTestService,
   type TestService,
   uniquePrefix,
   validForm,
   validIdcardForm,
 } from './helpers/test-service';
-import { bearer, getVerification, VERIFICATION_ID, verifyOnce } from './helpers/verification';
+import { bearer, DATA_FIELDS, getVerification, VERIFICATION_ID, verifyOnce } from './helpers/verification';
 
 /**
  * CONTRACT section 7.3, webhooks to the operator's backend: Standard Webhooks signatures checked by a
@@ -28,23 +26,6 @@ const REDIS_URL = 'redis://127.0.0.1:6379';
 /** `whsec_` + base64 of 32 random bytes, as an operator would generate it. */
 const SECRET = `whsec_${randomBytes(32).toString('base64')}`;
 const WEBHOOK_PATH = '/sandbox/webhooks';
-/** Every field CONTRACT 7.3 lists for `data` (without `image_best`), sorted. */
-const DATA_FIELDS = [
-  'attack_result',
-  'biz_no',
-  'biz_token',
-  'comparison_type',
-  'faceid_request_id',
-  'liveness_type',
-  'reason',
-  'result_code',
-  'result_message',
-  'user',
-  'verdict',
-  'verification',
-  'verification_id',
-  'verified_at',
-];
 const ISO_8601 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -99,16 +80,7 @@ async function startRawReceiver(): Promise<{ url: string; received: RawDelivery[
   };
 }
 
-const startWebhookSandbox = (): Promise<Sandbox> =>
-  startSandbox({
-    apiKey: SANDBOX_KEY,
-    apiSecret: SANDBOX_SECRET,
-    port: 0,
-    host: '127.0.0.1',
-    latencyMs: 0,
-    log: pino({ level: 'silent' }),
-    webhookSecret: SECRET,
-  });
+const startWebhookSandbox = (): Promise<Sandbox> => startTestSandbox(0, SECRET);
 
 // ---------------------------------------------------------------------------------------------------------
 // Small tools.

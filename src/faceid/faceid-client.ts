@@ -93,6 +93,8 @@ const MAX_VERIFY_RESPONSE_BYTES = 8 * 1024 * 1024;
  * 75 s), so a request is never sent on a connection the server is closing.
  */
 const IDLE_CONNECTION_MS = 4_000;
+/** The fields every call carries that the service alone sets. */
+const SIGN_FIELDS: ReadonlySet<string> = new Set(['sign', 'sign_version']);
 const CONTENT_TYPES: Record<ImageFormat, string> = { jpeg: 'image/jpeg', png: 'image/png', bmp: 'image/bmp' };
 
 type AttemptOutcome<T> =
@@ -172,7 +174,7 @@ export class FaceIdClient {
         read: (body) => (typeof body.biz_token === 'string' && body.biz_token.length > 0 ? body.biz_token : undefined),
         retryableNetworkCodes: TOKEN_RETRYABLE_NETWORK_CODES,
         maxResponseBytes: MAX_TOKEN_RESPONSE_BYTES,
-        serviceFields: new Set(['sign', 'sign_version', ...request.serviceFields.map(([name]) => name)]),
+        serviceFields: new Set([...SIGN_FIELDS, ...request.serviceFields.map(([name]) => name)]),
       },
       log,
     );
@@ -197,7 +199,7 @@ export class FaceIdClient {
         read: readVerifyAnswer,
         retryableNetworkCodes: VERIFY_RETRYABLE_NETWORK_CODES,
         maxResponseBytes: MAX_VERIFY_RESPONSE_BYTES,
-        serviceFields: new Set(['sign', 'sign_version']),
+        serviceFields: SIGN_FIELDS,
       },
       log,
     );

@@ -225,3 +225,6 @@ export function valueProblem(rule: TextParameterRule, value: string): string | u
   const result = rule.schema.safeParse(value);
   return result.success ? undefined : (result.error.issues[0]?.message ?? 'is malformed');
 }
+
+/** A biz_token is single-use and valid for one hour. @see ../shared/seed/App-GetBizToken.md (返回值说明) */
+export const BIZ_TOKEN_LIFETIME_MS = 60 * 60 * 1000;

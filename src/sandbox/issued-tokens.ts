@@ -1,4 +1,5 @@
 import type { ComparisonType, LivenessType } from '../faceid/parameters';
+import { BIZ_TOKEN_LIFETIME_MS } from '../faceid/parameters';
 
 /** What the sandbox's verify needs to know of a biz_token its get_biz_token issued. */
 export interface IssuedToken {
@@ -17,11 +18,6 @@ export interface IssuedToken {
 
 export type NewIssuedToken = Omit<IssuedToken, 'expiresAt' | 'verified'>;
 
-/**
- * A biz_token is valid for one hour and single-use.
- * @see ../shared/seed/App-Verify.md (Notes from elsewhere)
- */
-export const BIZ_TOKEN_LIFETIME_MS = 60 * 60 * 1000;
 /** Enough for any test or development session; a bound so a load test cannot grow the sandbox without end. */
 export const MAX_ISSUED_TOKENS = 100_000;
 

@@ -1,7 +1,7 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { GET_BIZ_TOKEN_PATH } from '../faceid/faceid-client';
+import { GET_BIZ_TOKEN_PATH, VERIFY_PATH } from '../faceid/faceid-client';
 import {
   type ComparisonType,
   FILE_PARAMETERS,
@@ -37,15 +37,15 @@ import {
   MEGLIVE_DATA_MAX_BYTES,
   MEGLIVE_DATA_PATH,
   megliveDataContent,
-  VERIFY_PATH,
   verifyShapeProblem,
 } from './sandbox-verify';
 import { parseBizNoScenario, parseScenarioBody, type SandboxOutcome, type Scenario } from './scenario';
 import { createWebhookSink, WEBHOOKS_PATH, WEBHOOKS_STATUS_PATH, type WebhookDelivery } from './webhook-sink';
 
+export { VERIFY_PATH } from '../faceid/faceid-client';
 // What the service's tests need besides startSandbox, importable from this one module.
 export type { MegliveContent } from './meglive-package';
-export { MEGLIVE_DATA_PATH, VERIFY_PATH } from './sandbox-verify';
+export { MEGLIVE_DATA_PATH } from './sandbox-verify';
 export { VERIFY_OUTCOMES, VERIFY_RESULTS, type VerifyOutcome } from './verify-results';
 export type { WebhookDelivery } from './webhook-sink';
 

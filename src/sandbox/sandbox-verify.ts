@@ -22,7 +22,6 @@ import {
  * `POST /sandbox/meglive-data` made.
  * @see ../shared/seed/App-Verify.md
  */
-export const VERIFY_PATH = '/faceid/v3/sdk/verify';
 export const MEGLIVE_DATA_PATH = '/sandbox/meglive-data';
 /** Small forms only: the route takes five short fields. */
 export const MEGLIVE_DATA_MAX_BYTES = 64 * 1024;

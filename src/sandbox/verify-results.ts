@@ -1,34 +1,7 @@
-/**
- * App-Verify's outcomes: each `result_message` with its `result_code`. The 9000 series is not in the
- * document's table but named by other public sources.
- * @see ../shared/seed/App-Verify.md (result_code and result_message)
- */
-export const VERIFY_RESULTS = {
-  SUCCESS: 1000,
-  PASS_LIVING_NOT_THE_SAME: 2000,
-  NO_ID_CARD_NUMBER: 3000,
-  ID_NUMBER_NAME_NOT_MATCH: 3000,
-  NO_FACE_FOUND: 3000,
-  NO_ID_PHOTO: 3000,
-  PHOTO_FORMAT_ERROR: 3000,
-  DATA_SOURCE_ERROR: 3000,
-  FAIL_LIVING_FACE_ATTACK: 4100,
-  VIDEO_LACK_FRAMES: 4100,
-  FAIL_EYES_CLOSE_DETECTION: 4100,
-  BIZ_TOKEN_DENIED: 4200,
-  AUTHENTICATION_FAIL: 4200,
-  MOBILE_PHONE_NOT_SUPPORT: 4200,
-  SDK_TOO_OLD: 4200,
-  MOBILE_PHONE_NO_AUTHORITY: 4200,
-  USER_CANCELLATION: 4200,
-  USER_TIMEOUT: 4200,
-  VERIFICATION_FAILURE: 4200,
-  UNDETECTED_FACE: 4200,
-  ACTION_ERROR: 4200,
-  LIVING_NOT_START: 9000,
-  LIVING_IN_PROGRESS: 9000,
-  LIVING_OVERTIME: 9000,
-} as const satisfies Record<string, number>;
+import { VERIFY_RESULT_CODES } from '../faceid/verify-result-codes';
+
+/** The outcomes a package may ask for: FaceID's documented result messages, with their codes. */
+export const VERIFY_RESULTS = VERIFY_RESULT_CODES;
 
 export type VerifyOutcome = keyof typeof VERIFY_RESULTS;
 

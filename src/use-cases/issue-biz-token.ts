@@ -4,7 +4,7 @@ import type { Caller } from '../auth/authenticate-caller';
 import type { Config } from '../config/load-config';
 import { AppError, type ErrorCode } from '../errors/app-error';
 import type { UpstreamToken, UpstreamTokenRequest } from '../faceid/faceid-client';
-import type { ParameterName } from '../faceid/parameters';
+import { BIZ_TOKEN_LIFETIME_MS, type ParameterName } from '../faceid/parameters';
 import { claimRecord, type HeldClaim } from '../idempotency/claim-record';
 import type { CompletedRecord, IdempotencyStore, StoredResponse } from '../idempotency/idempotency-store';
 import { idempotencyRecordKey } from '../idempotency/record-key';
@@ -18,9 +18,6 @@ import {
   validateTokenRequest,
 } from '../token-request/validate-token-request';
 import type { BizTokenRegistry } from '../verification/biz-token-registry';
-
-/** A biz_token is single-use and valid for one hour. @see ../shared/seed/App-GetBizToken.md (返回值说明) */
-export const BIZ_TOKEN_LIFETIME_MS = 60 * 60 * 1000;
 
 export interface FaceIdGateway {
   getBizToken(request: UpstreamTokenRequest, log: Logger): Promise<UpstreamToken>;

@@ -121,8 +121,12 @@ export async function verifyBizToken(
   const body = appViewOf(data);
   deps.sink.counted(decision);
   // The verdict is FaceID's and the token is spent: what follows must not turn it into an error.
-  await deps.sink.keep({ ownerId: caller.id, data });
-  await deps.sink.announce(data, answer.imageBest, log);
+  await deps.sink
+    .keep({ ownerId: caller.id, data })
+    .catch((error: unknown) => log.warn({ err: error }, 'could not keep the verification record'));
+  await deps.sink
+    .announce(data, answer.imageBest, log)
+    .catch((error: unknown) => log.warn({ err: error }, 'could not queue the webhook'));
   await deps.idempotency
     .complete(claim.key, claim.owner, FINGERPRINT, { status: 201, body: { ...body } }, untilExpiry(token.expiresAt))
     .catch((error: unknown) => log.warn({ err: error }, 'could not keep the verdict for replays'));

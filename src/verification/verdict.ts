@@ -1,3 +1,5 @@
+import { VERIFY_RESULT_CODES } from '../faceid/verify-result-codes';
+
 /**
  * From FaceID's verify result to what the app is told: one table of result codes, then the operator's policy.
  * @see ../shared/seed/App-Verify.md (result_code and result_message)
@@ -13,34 +15,8 @@ export type FalseAcceptRate = (typeof FALSE_ACCEPT_RATES)[number];
 /** The service's own reasons, where its policy, not FaceID, decided. */
 export const POLICY_REASONS = ['ATTACK_SUSPECTED', 'BELOW_CONFIDENCE_THRESHOLD'] as const;
 
-/** FaceID's documented result messages. @see ../shared/seed/App-Verify.md (result_code and result_message) */
-const RESULT_MESSAGES: ReadonlySet<string> = new Set([
-  'SUCCESS',
-  'PASS_LIVING_NOT_THE_SAME',
-  'NO_ID_CARD_NUMBER',
-  'ID_NUMBER_NAME_NOT_MATCH',
-  'NO_FACE_FOUND',
-  'NO_ID_PHOTO',
-  'PHOTO_FORMAT_ERROR',
-  'DATA_SOURCE_ERROR',
-  'FAIL_LIVING_FACE_ATTACK',
-  'VIDEO_LACK_FRAMES',
-  'FAIL_EYES_CLOSE_DETECTION',
-  'BIZ_TOKEN_DENIED',
-  'AUTHENTICATION_FAIL',
-  'MOBILE_PHONE_NOT_SUPPORT',
-  'SDK_TOO_OLD',
-  'MOBILE_PHONE_NO_AUTHORITY',
-  'USER_CANCELLATION',
-  'USER_TIMEOUT',
-  'VERIFICATION_FAILURE',
-  'UNDETECTED_FACE',
-  'ACTION_ERROR',
-  'LIVING_NOT_START',
-  'LIVING_IN_PROGRESS',
-  'LIVING_OVERTIME',
-  ...POLICY_REASONS,
-]);
+/** FaceID's documented result messages and the policy's own reasons. */
+const RESULT_MESSAGES: ReadonlySet<string> = new Set([...Object.keys(VERIFY_RESULT_CODES), ...POLICY_REASONS]);
 
 /** A reason as a metric label: the documented ones, anything else as OTHER, so the label stays bounded. */
 export const reasonLabel = (reason: string): string => (RESULT_MESSAGES.has(reason) ? reason : 'OTHER');
@@ -111,7 +87,7 @@ export const VERDICT_TABLE: readonly VerdictRule[] = [
     verdict: 'retry',
     matches: (code) => series(code, 4200) || thousands(code, 9000),
   },
-  { faceid: 'any other code (logged as a warning)', verdict: 'failed', matches: () => true },
+  { faceid: 'a code not listed above (logged as a warning)', verdict: 'failed', matches: () => true },
 ];
 
 /** The row a result falls under; `known` is false for the catch-all, which the caller logs. */

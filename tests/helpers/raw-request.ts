@@ -7,21 +7,22 @@ export interface RawAnswer {
 }
 
 /**
- * A token request over a raw socket that sends its headers (announcing `announcedBytes` of multipart body)
- * and at most `prefix` of the body: only an answer that needs no body can come back.
+ * A POST (by default to the token route) that sends its headers, announcing `announcedBytes` of multipart
+ * body, and at most `prefix` of the body: only an answer that needs no body can come back.
  */
 export function announceUpload(
   port: number,
   headers: Record<string, string>,
   announcedBytes: number,
   prefix: string | Buffer = '',
+  path = '/v1/biz-tokens',
 ): Promise<RawAnswer> {
   return new Promise((resolve, reject) => {
     const request = http.request({
       host: '127.0.0.1',
       port,
       method: 'POST',
-      path: '/v1/biz-tokens',
+      path,
       agent: false,
       headers: {
         'Content-Type': 'multipart/form-data; boundary=x',

@@ -43,7 +43,8 @@ export function captureLog(): { destination: pino.DestinationStream; log: Captur
   };
 }
 
-export async function startTestSandbox(latencyMs = 0): Promise<Sandbox> {
+/** A sandbox on a loopback port; with `webhookSecret`, its webhook sink checks each delivery's signature. */
+export async function startTestSandbox(latencyMs = 0, webhookSecret?: string): Promise<Sandbox> {
   return startSandbox({
     apiKey: SANDBOX_KEY,
     apiSecret: SANDBOX_SECRET,
@@ -51,6 +52,7 @@ export async function startTestSandbox(latencyMs = 0): Promise<Sandbox> {
     host: '127.0.0.1',
     latencyMs,
     log: pino({ level: 'silent' }),
+    webhookSecret,
   });
 }
 

@@ -125,3 +125,21 @@ export async function getVerification(
   const request = target.http().get(path);
   return auth === '' ? request : request.set('Authorization', auth);
 }
+
+/** Every field CONTRACT 7.3 lists for `data` (without `image_best`), sorted. */
+export const DATA_FIELDS = [
+  'attack_result',
+  'biz_no',
+  'biz_token',
+  'comparison_type',
+  'faceid_request_id',
+  'liveness_type',
+  'reason',
+  'result_code',
+  'result_message',
+  'user',
+  'verdict',
+  'verification',
+  'verification_id',
+  'verified_at',
+];
